@@ -1,0 +1,64 @@
+"""Packaging for revvision: reversible vision transformers for Detectron2 and PyTorchVideo.
+
+Only ranges are stated here, and install_requires is kept to what every part needs:
+on a cluster users bring their own torch (and often a detectron2 built from source
+with its CUDA ops), and pip must not replace them. The exact versions tested together
+live in requirements.txt, which `make venv` installs; detectron2 itself is not on PyPI
+and is installed by tools/install_detectron2.py.
+"""
+
+from setuptools import find_packages, setup
+
+TOP_LEVEL_PACKAGES = ["backbones", "revdet", "revvideo"]
+
+setup(
+    name="revvision",
+    version="0.1.0",
+    description="Reversible vision transformers (Rev-ViT, Rev-MViT) for Detectron2 and PyTorchVideo",
+    python_requires=">=3.10",
+    # Each package and its subpackages; an empty list while none exists yet.
+    packages=find_packages(
+        include=[p for name in TOP_LEVEL_PACKAGES for p in (name, name + ".*")]
+    ),
+    # Packages live at the repository root. Saying so explicitly makes `pip install -e .`
+    # put the root on sys.path (a .pth file) rather than map only the packages that exist
+    # at install time, so a package added later imports without reinstalling.
+    package_dir={"": "."},
+    install_requires=[
+        "torch>=2.1",
+        "pyyaml",
+    ],
+    extras_require={
+        # revdet: detectron2 itself comes from tools/install_detectron2.py (or the user);
+        # it is installed without dependencies, so its runtime requirements are listed here.
+        "det": [
+            "torchvision>=0.16",
+            "fvcore>=0.1.5",
+            "iopath>=0.1.7,<0.1.10",
+            "pycocotools>=2.0.2",
+            "timm>=0.9",
+            "opencv-python-headless>=4.5",
+            "yacs>=0.1.8",
+            "tabulate",
+            "termcolor>=1.1",
+            "cloudpickle",
+            "matplotlib",
+            "tqdm>4.29.0",
+            "tensorboard",
+            "omegaconf>=2.1,<2.4",
+            "hydra-core>=1.1",
+            "Pillow>=7.1",
+            "packaging",
+        ],
+        # revvideo: Kinetics data loading and decoding.
+        "video": [
+            "torchvision>=0.16",
+            "pytorchvideo>=0.1.5",
+            "av>=10",
+        ],
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+        ],
+    },
+)
