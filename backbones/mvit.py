@@ -93,7 +93,7 @@ def plan_layers(cfg: ModelConfig) -> List[LayerSpec]:
     head_mul = {int(i): m for i, m in cfg.head_mul}
     q_strides = {int(s[0]): tuple(s[1:]) for s in cfg.pool_q_stride}
     kv_stride = tuple(cfg.pool_kv_stride_adaptive) if cfg.pool_kv_stride_adaptive else None
-    dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+    dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
     dim, heads, specs = cfg.embed_dim, cfg.num_heads, []
     for i in range(cfg.depth):
         q_stride = q_strides.get(i)
@@ -162,23 +162,27 @@ class MViT(nn.Module):
             else:
                 self.layers.append(MultiScaleBlock(s.dim, s.dim_out, s.num_heads, **common))
 
-        self.num_features = self.specs[-1].dim_out * (2 if cfg.reversible else 1)
+        self.num_features = self._width_after(len(self.specs) - 1)
         self.norm = layer_norm(self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.head_dropout)
         self.stage_ends, self.stage_channels, self.stage_strides = self._stages()
         self.reset_parameters()
 
     # ----------------------------------------------------------------- structure
+    def _width_after(self, i: int) -> int:
+        """Channels of layer ``i``'s output: both streams after a reversible block."""
+        spec = self.specs[i]
+        return spec.dim_out * (2 if spec.kind == "reversible" else 1)
+
     def _stages(self) -> Tuple[List[int], List[int], List[int]]:
         """Index of the last layer of each stage (a stage ends before each q pooling), with
         the channels and spatial stride of its output map."""
-        mult = 2 if self.cfg.reversible else 1
         ends, channels, strides = [], [], []
         stride = self.cfg.patch_stride[-1]
         for i, s in enumerate(self.specs):
             if s.q_stride is not None and i > 0:
                 ends.append(i - 1)
-                channels.append(self.specs[i - 1].dim_out * mult)
+                channels.append(self._width_after(i - 1))
                 strides.append(stride)
                 stride *= s.q_stride[-1]
         ends.append(len(self.specs) - 1)

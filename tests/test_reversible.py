@@ -1,0 +1,171 @@
+"""Reversible backprop is exact: same loss, gradients and RNG state as plain autograd."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import tiny_input, tiny_model
+
+
+def _train_step(model, x, seed):
+    """Seeded forward + backward; returns loss, input grad, param grads, RNG state after."""
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    weight = torch.linspace(-1, 1, model.cfg.num_classes, dtype=x.dtype)
+    loss = (model(x) * weight).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), x.grad, grads, torch.get_rng_state()
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _twin_runs(model, x, seed=123):
+    plain = copy.deepcopy(model)
+    plain.rev_backprop = False
+    model.rev_backprop = True
+    return _train_step(model, x, seed), _train_step(plain, x, seed)
+
+
+@pytest.mark.parametrize("kind,depth", [("vit", 3), ("vit", 4), ("mvit", 6), ("mvit", 7),
+                                        ("mvit_video", 6), ("mvit_video", 7)])
+def test_rev_backprop_matches_autograd_float64(kind, depth):
+    model = tiny_model(kind, depth=depth, drop_path_rate=0.2, dropout=0.1).double().train()
+    x = tiny_input(model, batch=4, dtype=torch.float64)
+    (loss_r, gx_r, g_r, rng_r), (loss_p, gx_p, g_p, rng_p) = _twin_runs(model, x)
+
+    assert loss_r.item() == pytest.approx(loss_p.item(), rel=1e-12)
+    assert _rel(gx_r, gx_p) <= 1e-9
+    assert g_r.keys() == g_p.keys() == {n for n, _ in model.named_parameters()}
+    for name in g_p:
+        assert _rel(g_r[name], g_p[name]) <= 1e-9 or (g_r[name] - g_p[name]).abs().max() < 1e-13, name
+    assert torch.equal(rng_r, rng_p), "reversible backprop left the global RNG elsewhere"
+
+
+def test_randomness_is_active_and_replayed():
+    """The exactness test above is only meaningful if drop path/dropout actually fire."""
+    model = tiny_model("vit", depth=4, drop_path_rate=0.5, dropout=0.3).double().train()
+    x = tiny_input(model, batch=8, dtype=torch.float64)
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    b = model(x)
+    assert not torch.allclose(a, b)
+
+
+def test_bf16_autocast_backward_outside_autocast():
+    model = tiny_model("mvit", depth=6, drop_path_rate=0.1).train()
+    x = tiny_input(model, batch=2)
+    plain = copy.deepcopy(model)
+    plain.rev_backprop = False
+    results = []
+    for m in (model, plain):
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+        out.float().square().sum().backward()  # backward outside the autocast block
+        results.append({n: p.grad.float() for n, p in m.named_parameters()})
+    rev, ref = results
+    for name in ref:
+        assert _rel(rev[name], ref[name]) <= 1e-2 or ref[name].abs().max() < 1e-6, name
+
+
+def test_streams_stay_float32_under_autocast():
+    model = tiny_model("vit", depth=2).train()
+    seen = []
+    model.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(tiny_input(model)).sum().backward()
+    assert seen == [torch.float32]
+
+
+def test_frozen_patch_embed_and_input_without_grad():
+    """Frozen leading parameters must not stop gradients reaching the reversible blocks."""
+    model = tiny_model("vit", depth=3).train()
+    plain = copy.deepcopy(model)
+    plain.rev_backprop = False
+    for m in (model, plain):
+        for p in list(m.patch_embed.parameters()) + [m.pos_embed]:
+            p.requires_grad_(False)
+        m(tiny_input(m)).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        if q.requires_grad:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+        else:
+            assert p.grad is None
+
+
+def test_frozen_blocks_get_no_grad():
+    model = tiny_model("vit", depth=3).train()
+    for p in model.layers[1].parameters():
+        p.requires_grad_(False)
+    model(tiny_input(model)).sum().backward()
+    assert all(p.grad is None for p in model.layers[1].parameters())
+    assert all(p.grad is not None for p in model.layers[0].parameters())
+
+
+def test_autograd_grad_sees_parameter_gradients():
+    model = tiny_model("vit", depth=2).train()
+    params = list(model.layers[0].parameters())
+    grads = torch.autograd.grad(model(tiny_input(model)).sum(), params)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[:2])
+
+
+def test_gradient_accumulation_equals_full_batch():
+    model = tiny_model("mvit", depth=6, drop_path_rate=0.0).double().train()
+    x = tiny_input(model, batch=4, dtype=torch.float64)
+    model(x).sum().backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for chunk in x.split(2):
+        model(chunk).sum().backward()
+    for a, b in zip(full, model.parameters()):
+        assert torch.allclose(a, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_eval_and_no_grad_run_a_plain_loop(monkeypatch):
+    import backbones.reversible as rev
+
+    calls = []
+    original = rev._ReversibleSegment.apply
+    monkeypatch.setattr(rev._ReversibleSegment, "apply",
+                        staticmethod(lambda *a: calls.append(1) or original(*a)))
+    model = tiny_model("vit", depth=2)
+    x = tiny_input(model)
+    model.eval()
+    model(x).sum().backward()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert calls == []
+    model(x).sum().backward()
+    assert calls == [1]
+
+
+def test_train_and_eval_outputs_agree_without_randomness():
+    model = tiny_model("mvit_video", depth=6, drop_path_rate=0.0).train()
+    x = tiny_input(model)
+    with torch.no_grad():
+        train_out = model(x)  # no_grad -> plain loop
+    train_out_rev = model(x)
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(x)
+    assert torch.allclose(train_out, eval_out)
+    assert torch.allclose(train_out_rev.detach(), eval_out, atol=1e-6)
+
+
+def test_torch_compile_gives_same_gradients():
+    model = tiny_model("vit", depth=3).train()
+    x = tiny_input(model)
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled(x).sum().backward()
+    for a, p in zip(ref, model.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-6)
