@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
-import yaml
 from torch import nn
 
 from .layers import resize_pos_embed
 from .mmpretrain import config_from_mmpretrain, from_mmpretrain_keys, is_mmpretrain
-from .mvit import ModelConfig, MViT
+from .mvit import ModelConfig, MViT, plan_layers
 from .official import (IGNORED_KEYS, OFFICIAL_PREFIX, config_from_official,
                        from_official_keys)
 from .zoo import MODEL_CONFIGS, list_models, model_config
@@ -161,6 +160,8 @@ def parse_checkpoint(obj: Any, path: PathLike = "<checkpoint>") -> Checkpoint:
             raise CheckpointError(f"{path}: 'model_state' is not a state dict ({_describe(state)})")
         config, extra = None, {}
         if isinstance(obj.get("cfg"), str):
+            import yaml  # only needed here: keeps `import backbones` torch-only
+
             try:
                 config = config_from_official(yaml.safe_load(obj["cfg"]))
             except (KeyError, TypeError, ValueError, yaml.YAMLError) as e:
@@ -361,20 +362,30 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> Lo
     return _load_into(model, read_checkpoint(path), strict)
 
 
-def _check_name(config: ModelConfig, name: str, path: str) -> None:
-    want = model_config(name)
-    differ = [f"{f}: file {getattr(config, f)!r}, {name} {getattr(want, f)!r}"
-              for f in _CONFIG_FIELDS if f not in _TRAINING_FIELDS
-              and _normal(getattr(config, f)) != _normal(getattr(want, f))]
-    if differ:
-        raise CheckpointError(f"{path} holds a different architecture than {name!r}:\n  "
-                              + "\n  ".join(differ))
+def _architecture(config: ModelConfig) -> Dict[str, Any]:
+    """The fields that shape the network; settings with no effect on it (e.g. the fusion
+    of a model without stage transitions) are left out."""
+    view = {f: _normal(getattr(config, f)) for f in _CONFIG_FIELDS if f not in _TRAINING_FIELDS}
+    if not any(s.kind == "transition" for s in plan_layers(config)):
+        del view["fusion"]
+    if not (config.pool_q_stride or config.pool_kv_stride_adaptive):
+        del view["pool_kernel"]
+    return view
 
 
 def _normal(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_normal(v) for v in value)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _check_name(config: ModelConfig, name: str, path: str) -> None:
+    mine, want = _architecture(config), _architecture(model_config(name))
+    differ = [f"{f}: file {mine.get(f)!r}, {name} {want.get(f)!r}"
+              for f in sorted(set(mine) | set(want)) if mine.get(f) != want.get(f)]
+    if differ:
+        raise CheckpointError(f"{path} holds a different architecture than {name!r}:\n  "
+                              + "\n  ".join(differ))
 
 
 def config_for(ckpt: Checkpoint, name: Optional[str] = None, **overrides) -> ModelConfig:

@@ -47,12 +47,19 @@ def from_mmpretrain_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.T
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         qkv = _QKV.match(key)
-        if qkv:
+        if qkv:  # q, k, v in the official order: q.weight, q.bias, k.weight, ...
             layer, kind = qkv.groups()
-            if value.shape[0] % 3:
-                raise ValueError(f"{key} has {value.shape[0]} rows, not a multiple of 3 (q, k, v)")
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                out[f"layers.{layer}.F.attn.{name}.{kind}"] = part.clone()
+            if kind == "bias" and f"backbone.layers.{layer}.attn.qkv.weight" in state:
+                continue  # already placed with the weight
+            fused = {k: state.get(f"backbone.layers.{layer}.attn.qkv.{k}") for k in ("weight", "bias")}
+            for n in range(3):
+                for k, tensor in fused.items():
+                    if tensor is None:
+                        continue
+                    if tensor.shape[0] % 3:
+                        raise ValueError(f"backbone.layers.{layer}.attn.qkv.{k} has "
+                                         f"{tensor.shape[0]} rows, not a multiple of 3 (q, k, v)")
+                    out[f"layers.{layer}.F.attn.{'qkv'[n]}.{k}"] = tensor.chunk(3, dim=0)[n].clone()
             continue
         for pattern, replacement in _RENAMES:
             if pattern.match(key):
