@@ -152,7 +152,8 @@ def make_pure_wheel(source, dest_dir):
             new.writestr(info, data)
             record_rows.append(f"{info.filename},{record_hash(data)},{len(data)}")
         record_rows.append(f"{record_name},,")
-        new.writestr(record_name, "\n".join(record_rows) + "\n")
+        # Reusing the original entry's header keeps the output byte-for-byte reproducible.
+        new.writestr(old.getinfo(record_name), "\n".join(record_rows) + "\n")
     return target
 
 
