@@ -43,29 +43,30 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None) ->
     ``input_size`` is ``(H, W)`` or ``(T, H, W)``; the model's configured size by default.
     Raises ``ImportError`` with an install hint when fvcore is missing.
     """
-    try:
-        from fvcore.nn import FlopCountAnalysis
-    except ImportError as e:
-        raise ImportError("counting FLOPs needs fvcore: pip install fvcore") from e
-    cfg = getattr(model, "cfg", None)
-    if input_size is None:
-        if cfg is None:
-            raise ValueError("pass input_size: the model has no cfg.input_size")
-        input_size = cfg.input_size
-    in_chans = cfg.in_chans if cfg is not None else 3
-    param = next(model.parameters())
-    x = torch.zeros(1, in_chans, *input_size, dtype=param.dtype, device=param.device)
-    was_training = model.training
-    model.eval()
-    try:
-        analysis = FlopCountAnalysis(model, (x,))
-        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with torch.no_grad(), warnings.catch_warnings():
-            # tracing chatter: fvcore uses the deprecated torch.jit; shape checks become constants
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            total = analysis.total()
-    finally:
-        model.train(was_training)
+    with warnings.catch_warnings():
+        # tracing chatter: fvcore uses the deprecated torch.jit; shape checks become constants
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        try:
+            from fvcore.nn import FlopCountAnalysis
+        except ImportError as e:
+            raise ImportError("counting FLOPs needs fvcore: pip install fvcore") from e
+        cfg = getattr(model, "cfg", None)
+        if input_size is None:
+            if cfg is None:
+                raise ValueError("pass input_size: the model has no cfg.input_size")
+            input_size = cfg.input_size
+        in_chans = cfg.in_chans if cfg is not None else 3
+        param = next(model.parameters())
+        x = torch.zeros(1, in_chans, *input_size, dtype=param.dtype, device=param.device)
+        was_training = model.training
+        model.eval()
+        try:
+            analysis = FlopCountAnalysis(model, (x,))
+            analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            with torch.no_grad():
+                total = analysis.total()
+        finally:
+            model.train(was_training)
     return total / 1e9

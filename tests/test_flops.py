@@ -46,6 +46,7 @@ class Attention(nn.Module):
         return None
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
 def test_fused_attention_counts_as_its_two_matmuls():
     from fvcore.nn import FlopCountAnalysis
 
