@@ -415,6 +415,14 @@ def config_for(ckpt: Checkpoint, name: Optional[str] = None, **overrides) -> Mod
     return config
 
 
+def model_from_checkpoint(ckpt: Checkpoint, name: Optional[str] = None, *, strict: bool = True,
+                          rev_backprop: bool = True, **overrides) -> MViT:
+    """``load_pretrained`` for an already read ``Checkpoint``."""
+    model = MViT(config_for(ckpt, name, **overrides), rev_backprop=rev_backprop)
+    _load_into(model, ckpt, strict)
+    return model
+
+
 def load_pretrained(path: PathLike, name: Optional[str] = None, *, strict: bool = True,
                     rev_backprop: bool = True, **overrides) -> MViT:
     """Build the architecture a checkpoint file holds and load its weights.
@@ -426,10 +434,8 @@ def load_pretrained(path: PathLike, name: Optional[str] = None, *, strict: bool 
     for fine-tuning. Given with an embedded config, ``name`` must agree with it. The model
     is returned in training mode, like any new module: call ``.eval()`` to evaluate.
     """
-    ckpt = read_checkpoint(path)
-    model = MViT(config_for(ckpt, name, **overrides), rev_backprop=rev_backprop)
-    _load_into(model, ckpt, strict)
-    return model
+    return model_from_checkpoint(read_checkpoint(path), name, strict=strict,
+                                 rev_backprop=rev_backprop, **overrides)
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -474,12 +480,18 @@ def save_checkpoint(path: PathLike, model: Union[nn.Module, Mapping[str, torch.T
         payload["model_config"] = dataclasses.asdict(config)
     payload.update(extra)
     _check_plain(payload, "checkpoint")
+    atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``:
+    an interrupted write never leaves a partial file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
