@@ -111,10 +111,9 @@ def load_file(path: PathLike) -> Any:
             "yourself with torch.load(..., weights_only=False) and re-save plain tensors, e.g. "
             "its state_dict.") from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError) as e:
-        size = os.path.getsize(path)
-        raise CheckpointError(f"{path} ({size} bytes) is truncated, corrupt or not a PyTorch "
-                              f"checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                              ) from None
+        detail = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path} ({os.path.getsize(path)} bytes) is truncated, corrupt or "
+                              f"not a PyTorch checkpoint: {type(e).__name__}: {detail}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -5,16 +5,16 @@ architecture under test always comes from the checkpoint file itself, never from
 """
 
 import json
-import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import backbones
-from backbones.checkpoint import (CheckpointError, KeyMismatchError, config_for, parse_checkpoint,
-                                  read_checkpoint)
+from backbones.checkpoint import (CheckpointError, KeyMismatchError, _load_into, config_for,
+                                  parse_checkpoint)
 from backbones.layers import resize_pos_embed
 from backbones.mmpretrain import from_mmpretrain_keys, to_mmpretrain_keys
 from backbones.official import config_from_official, from_official_keys, to_official_keys
@@ -99,7 +99,6 @@ def test_rev_backprop_gradients_match_official(golden, variant):
 def test_architecture_comes_from_the_file(golden):
     for variant in OFFICIAL:
         ckpt = torch.load(golden_file(golden, variant), weights_only=True)
-        import yaml
         expected = config_from_official(yaml.safe_load(ckpt["cfg"]))
         sd, cfg = backbones.read_state_dict(golden_file(golden, variant))
         assert cfg == expected
@@ -246,7 +245,6 @@ def test_joint_video_position_embedding_is_resized():
     src = backbones.build_from_config(cfg)
     state = {k: v for k, v in src.state_dict().items()}
     ckpt = parse_checkpoint({"model": state, "model_config": cfg.__dict__}, "joint.pth")
-    from backbones.checkpoint import _load_into
     dst = backbones.build_from_config(config_for(ckpt, input_size=(8, 48, 48)))
     report = _load_into(dst, ckpt, strict=True)
     assert report.ok and report.resized == [("pos_embed", (1, 2 * 64, 8), (1, 4 * 144, 8))]
