@@ -1,0 +1,43 @@
+"""revdet: Rev-MViT / Rev-ViT (and their non-reversible twins) as Detectron2 backbones.
+
+Importing it is all a Detectron2 user needs:
+
+    import revdet
+    from detectron2.config import get_cfg
+    cfg = revdet.add_revdet_config(get_cfg())
+    cfg.merge_from_file("configs/coco_revmvit.yaml")
+    model = detectron2.modeling.build_model(cfg)
+
+On import it registers four backbones in ``BACKBONE_REGISTRY`` (``revdet.backbone``), the
+synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``), and applies the
+small Detectron2 compatibility patches (``revdet.compat``).
+"""
+
+from . import compat
+
+compat.apply()
+
+from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,  # noqa: E402
+                       build_mvit_fpn_backbone, build_rev_mvit_fpn_backbone,
+                       build_rev_vit_simple_fpn_backbone, build_vit_simple_fpn_backbone)
+from .checkpoint import RevDetCheckpointer  # noqa: E402
+from .config import add_revdet_config  # noqa: E402
+from .data import DatasetError, RevDetDatasetMapper, check_datasets  # noqa: E402
+from .shapes import ShapesSpec, register_shapes, register_shapes_from_config  # noqa: E402
+
+
+def _register_default_shapes() -> None:
+    from detectron2.config import get_cfg
+
+    register_shapes_from_config(add_revdet_config(get_cfg()))
+
+
+_register_default_shapes()
+
+__all__ = [
+    "BACKBONE_NAMES", "DatasetError", "RevDetCheckpointer", "RevDetDatasetMapper", "ShapesSpec",
+    "SimpleFPN", "StageBackbone", "add_revdet_config", "build_mvit_fpn_backbone",
+    "build_rev_mvit_fpn_backbone", "build_rev_vit_simple_fpn_backbone",
+    "build_vit_simple_fpn_backbone", "check_datasets", "register_shapes",
+    "register_shapes_from_config",
+]

@@ -1,0 +1,229 @@
+"""Checkpoints for detection: safe loading, ImageNet backbone conversion, atomic saving.
+
+``RevDetCheckpointer`` is a drop-in ``DetectionCheckpointer`` that
+
+* loads every file without arbitrary unpickling: ``.pth``/``.pyth`` with
+  ``torch.load(weights_only=True)``, Detectron2 model-zoo ``.pkl`` files with an unpickler
+  that admits numpy arrays and plain containers only;
+* recognises a classification checkpoint of a ``backbones`` model -- an official
+  Rev-ViT / Rev-MViT ``.pyth`` (``{"epoch", "model_state", "cfg"}``) or a bare state dict
+  in revvision or official key names -- and converts it on the fly: keys moved into the
+  detector's backbone namespace, the classifier ``head.*`` and final ``norm.*`` dropped, the
+  position embedding resized when the detector's pretraining grid differs, and any other
+  mismatch reported as one error naming the file;
+* writes checkpoints atomically (temporary file, then rename), so an interrupted run
+  resumes with ``--resume`` from the last complete file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from backbones import ModelConfig, MViT
+from backbones.layers import resize_pos_embed
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .compat import safe_torch_load
+
+logger = logging.getLogger(__name__)
+
+# Keys of a classifier-only state dict (top level of a backbones.MViT state dict).
+_BACKBONE_MARKER = "patch_embed.proj.weight"
+_OFFICIAL_MARKER = "rev_backbone.layers."
+
+
+def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[ModelConfig]]:
+    """``(state dict in revvision key names, ModelConfig or None)`` of a backbone checkpoint.
+
+    Uses ``backbones.checkpoint.read_state_dict`` when that module is available; otherwise
+    reads the official format here (weights_only, key renaming, config from the YAML).
+    """
+    try:
+        from backbones.checkpoint import read_state_dict as shared_reader
+    except ImportError:
+        shared_reader = None
+    if shared_reader is not None:
+        return shared_reader(path)
+    import yaml
+
+    from backbones.official import config_from_official, from_official_keys
+
+    data = safe_torch_load(path)
+    state, cfg = data, None
+    if isinstance(data, Mapping) and "model_state" in data:
+        state = data["model_state"]
+        if isinstance(data.get("cfg"), str):
+            cfg = config_from_official(yaml.safe_load(data["cfg"]))
+    elif isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+        state = data["model"]
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return from_official_keys(state), cfg
+
+
+def _model_state(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        for key in ("model_state", "model"):
+            if isinstance(data.get(key), Mapping):
+                return data[key]
+    return data
+
+
+def is_backbone_state(state: Any) -> bool:
+    """True for the state dict of a bare ``backbones`` classifier (revvision or official names)."""
+    return (isinstance(state, Mapping) and _BACKBONE_MARKER in state
+            and any(k.startswith(("layers.", _OFFICIAL_MARKER)) for k in state))
+
+
+def find_backbone_nets(model: nn.Module) -> List[Tuple[str, MViT]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MViT)]
+
+
+def _grid(n: int, cfg: Optional[ModelConfig], path: str) -> Tuple[int, int]:
+    if cfg is not None and not cfg.is_video:
+        return tuple(cfg.patch_grid[1:])
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{path}: cannot infer the grid of a {n}-token position embedding "
+                         "without the checkpoint's config")
+    return side, side
+
+
+def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[ModelConfig],
+                          model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
+    """Move a classifier state dict into ``model``'s backbone namespace, checking every key."""
+    nets = find_backbone_nets(model)
+    if len(nets) != 1:
+        raise ValueError(f"cannot load backbone checkpoint {path}: the model has {len(nets)} "
+                         "revvision backbones (expected one)")
+    prefix, net = nets[0]
+    if ckpt_cfg is not None and ckpt_cfg.reversible != net.cfg.reversible:
+        kind = {True: "reversible", False: "non-reversible"}
+        raise ValueError(f"{path} holds a {kind[ckpt_cfg.reversible]} model but the backbone "
+                         f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
+    ours = net.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("head.", "norm.")):
+            continue
+        if key == "pos_embed" and key in ours and value.shape != ours[key].shape:
+            src = _grid(value.shape[1], ckpt_cfg, path)
+            dst = tuple(net.cfg.patch_grid[1:])
+            logger.info(f"Resizing pos_embed of {path} from grid {src} to {dst}")
+            value = resize_pos_embed(value, src, dst, "bicubic")
+        out[key] = value
+    missing = sorted(k for k in ours if k not in out)
+    unexpected = sorted(k for k in out if k not in ours)
+    shapes = sorted(f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(ours[k].shape)}"
+                    for k in out if k in ours and out[k].shape != ours[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing in the checkpoint", missing),
+                             ("not in the backbone", unexpected), ("shape mismatch", shapes)):
+            if items:
+                more = f" ... (+{len(items) - 5})" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"backbone checkpoint {path} does not match the detector's backbone "
+                         f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): " + "; ".join(parts))
+    base = prefix + "." if prefix else ""
+    return {base + k: v for k, v in out.items()}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, scalars and builtin containers; refuses every other global."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+def load_pkl(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f"refusing to load {path}: {e} (only numpy arrays and plain "
+                           "containers are unpickled)") from None
+
+
+class RevDetCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving."""
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):
+            data = load_pkl(filename)
+            if "model" in data and "__author__" in data:
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+                return data
+            blobs = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+            blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            loaded = self._torch_load(filename)
+            if loaded.get("__author__") == "revvision":
+                return loaded
+            if "model_state" not in loaded.get("model", {}):
+                raise ValueError(f"cannot load {filename}: a .pyth file must be an official "
+                                 "Rev-ViT/Rev-MViT or a pycls checkpoint with 'model_state'")
+            state = {k: v for k, v in loaded["model"]["model_state"].items()
+                     if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        data = safe_torch_load(f)
+        if is_backbone_state(_model_state(data)):
+            state, ckpt_cfg = read_state_dict(f)
+            converted = backbone_to_detection(state, ckpt_cfg, self.model, f)
+            self.logger.info(f"Converted backbone checkpoint {f}: {len(converted)} tensors "
+                             "into the detector's backbone")
+            return {"model": converted, "__author__": "revvision", "matching_heuristics": False}
+        if not isinstance(data, dict):
+            raise ValueError(f"checkpoint {f} holds a {type(data).__name__}, not a dict")
+        return data if "model" in data else {"model": data}
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        _atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

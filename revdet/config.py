@@ -1,0 +1,91 @@
+"""Config keys revdet adds to Detectron2's yacs config.
+
+    from detectron2.config import get_cfg
+    import revdet
+    cfg = get_cfg()
+    revdet.add_revdet_config(cfg)
+    cfg.merge_from_file("configs/coco_revmvit.yaml")
+
+Every key has a default that leaves stock Detectron2 behaviour unchanged, so configs
+written for plain Detectron2 still merge.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_revdet_config(cfg: CN) -> CN:
+    """Add revdet's keys to ``cfg`` in place (idempotent) and return it."""
+    if "REVDET" in cfg.MODEL:
+        return cfg
+
+    # ---------------------------------------------------------------- backbone
+    # The registered backbone chooses the family and whether it is reversible
+    # (build_rev_mvit_fpn_backbone, build_mvit_fpn_backbone,
+    # build_rev_vit_simple_fpn_backbone, build_vit_simple_fpn_backbone); ARCH names the
+    # size in the `backbones` zoo without its "rev_" prefix. Numeric keys left at 0 / []
+    # keep the architecture's own value.
+    cfg.MODEL.REVDET = CN()
+    cfg.MODEL.REVDET.ARCH = "mvit_b"  # mvit_b | vit_s | vit_b | vit_l
+    cfg.MODEL.REVDET.EMBED_DIM = 0
+    cfg.MODEL.REVDET.DEPTH = 0
+    cfg.MODEL.REVDET.NUM_HEADS = 0
+    cfg.MODEL.REVDET.MLP_RATIO = 0.0
+    cfg.MODEL.REVDET.DIM_MUL = []  # [[layer, multiplier], ...]
+    cfg.MODEL.REVDET.HEAD_MUL = []  # [[layer, multiplier], ...]
+    cfg.MODEL.REVDET.POOL_Q_STRIDE = []  # [[layer, 1, sh, sw], ...]
+    cfg.MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE = []  # [1, sh, sw] at the first layer
+    cfg.MODEL.REVDET.PATCH_KERNEL = []
+    cfg.MODEL.REVDET.PATCH_STRIDE = []
+    cfg.MODEL.REVDET.PATCH_PADDING = []
+    # The image size the position embedding is laid out for (the pretraining size: its
+    # grid is resized to each padded input at run time). Keep it at the checkpoint's
+    # size (224 for the ImageNet models) when loading one through MODEL.WEIGHTS.
+    cfg.MODEL.REVDET.INPUT_SIZE = 224
+    cfg.MODEL.REVDET.DROP_PATH_RATE = -1.0  # < 0: the architecture's own
+    # False trains a reversible backbone with plain autograd (same weights and outputs,
+    # more memory); for comparisons.
+    cfg.MODEL.REVDET.REV_BACKPROP = True
+    # Stage maps returned (named by stride: scale2 = 1/4 ... scale5 = 1/32; a ViT has
+    # only scale4), each after a LayerNorm over channels when STAGE_NORM.
+    cfg.MODEL.REVDET.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
+    cfg.MODEL.REVDET.STAGE_NORM = True
+    # Simple feature pyramid (ViT backbones): scales relative to the stride-16 map.
+    cfg.MODEL.REVDET.SFP_SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+    cfg.MODEL.REVDET.SFP_NORM = "LN"
+
+    # --------------------------------------------------------------- optimizer
+    cfg.SOLVER.OPTIMIZER = "SGD"  # SGD (Detectron2's) | ADAMW
+    cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW
+    # Weight decay of position embeddings (any parameter named pos_embed*); < 0 keeps WEIGHT_DECAY.
+    cfg.SOLVER.WEIGHT_DECAY_POS_EMBED = -1.0
+
+    # ------------------------------------------------------------ augmentation
+    # MViTv2 / DETR-style: with probability PROB, first resize the short side to one of
+    # MIN_SIZE and crop a random CROP_SIZE (absolute range), then the usual
+    # ResizeShortestEdge + flip.
+    cfg.INPUT.RANDOM_RESIZE_CROP = CN()
+    cfg.INPUT.RANDOM_RESIZE_CROP.ENABLED = False
+    cfg.INPUT.RANDOM_RESIZE_CROP.PROB = 0.5
+    cfg.INPUT.RANDOM_RESIZE_CROP.MIN_SIZE = (400, 500, 600)
+    cfg.INPUT.RANDOM_RESIZE_CROP.CROP_SIZE = (384, 600)
+
+    # ----------------------------------------------------- synthetic shapes data
+    # Datasets "shapes_train" / "shapes_val": generated once, deterministically, into
+    # ROOT ("" = .cache/revvision/shapes in the repository checkout, else
+    # ~/.cache/revvision/shapes).
+    cfg.DATASETS.SHAPES = CN()
+    cfg.DATASETS.SHAPES.ROOT = ""
+    cfg.DATASETS.SHAPES.NUM_TRAIN = 600
+    cfg.DATASETS.SHAPES.NUM_VAL = 100
+    cfg.DATASETS.SHAPES.IMAGE_SIZE = 160
+    cfg.DATASETS.SHAPES.MAX_SHAPES = 4
+    cfg.DATASETS.SHAPES.SEED = 0
+
+    # ------------------------------------------------------------ evaluation
+    # Write this many PNGs of predictions on the first test set to OUTPUT_DIR/vis after
+    # training / --eval-only.
+    cfg.TEST.VIS_IMAGES = 0
+    cfg.TEST.VIS_SCORE_THRESH = 0.5
+    return cfg

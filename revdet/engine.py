@@ -1,0 +1,234 @@
+"""Training and evaluation on Detectron2's engine, with revdet's pieces plugged in.
+
+``Trainer`` is Detectron2's ``DefaultTrainer`` (its hooks, ``EventStorage``, LR scheduler,
+evaluation hook, ``metrics.json`` and TensorBoard writers, DDP) with:
+
+* AdamW (``SOLVER.OPTIMIZER``) with zero weight decay for norms and, optionally, pos embeds;
+* ``RevDetDatasetMapper`` and checked datasets (clear errors, see ``revdet.data``);
+* ``COCOEvaluator`` for box and mask AP;
+* ``RevDetCheckpointer`` (safe loading, backbone conversion, atomic saves);
+* peak memory in the log line and in ``metrics.json`` (CUDA: allocated bytes; CPU: the
+  process's resident high-water mark during each iteration);
+* ``SimpleTrainer`` on the CPU, where Detectron2's ``AMPTrainer`` cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
+
+from .checkpoint import RevDetCheckpointer
+from .data import RevDetDatasetMapper, check_datasets, guard_dataset
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ memory
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> Optional[float]:
+    kb = _proc_status_kb("VmHWM")
+    return None if kb is None else kb / 1024.0
+
+
+class PeakMemory(HookBase):
+    """Puts ``peak_mem_mb`` into the event storage after every iteration.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` since the previous iteration. CPU: the peak
+    resident memory of the process during the iteration (``VmHWM`` after resetting it).
+    """
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+
+    def before_step(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
+
+    def after_step(self):
+        value = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb())
+        if value is not None:
+            self.trainer.storage.put_scalar("peak_mem_mb", value, smoothing_hint=False)
+
+
+class _SuffixLogger:
+    def __init__(self, logger, suffix: str):
+        self._logger, self._suffix = logger, suffix
+
+    def info(self, msg, *args, **kwargs):
+        self._logger.info(msg + self._suffix, *args, **kwargs)
+
+
+class MetricPrinter(CommonMetricPrinter):
+    """Detectron2's progress line (iteration, ETA, losses, time, lr) plus peak memory on
+    the CPU (on CUDA Detectron2 already prints ``max_mem``)."""
+
+    def write(self):
+        suffix = ""
+        if not torch.cuda.is_available():
+            try:
+                suffix = f"  peak_mem: {get_event_storage().history('peak_mem_mb').latest():.0f}M"
+            except KeyError:
+                pass
+        plain = self.logger
+        self.logger = _SuffixLogger(plain, suffix)
+        try:
+            super().write()
+        finally:
+            self.logger = plain
+
+
+# ------------------------------------------------------------------ trainer
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with revdet's optimizer, data, evaluator and checkpointer."""
+
+    def __init__(self, cfg):
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            guard_dataset(name)
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        n = sum(p.numel() for p in model.parameters())
+        nb = sum(p.numel() for p in model.backbone.parameters())
+        logger.info(f"Parameters: {n / 1e6:.2f}M (backbone incl. pyramid {nb / 1e6:.2f}M)")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "ADAMW":
+            raise ValueError(f"SOLVER.OPTIMIZER must be SGD or ADAMW, got {cfg.SOLVER.OPTIMIZER!r}")
+        overrides = {}
+        if cfg.SOLVER.WEIGHT_DECAY_POS_EMBED >= 0:
+            wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
+            overrides = {k: {"weight_decay": wd} for k in
+                         ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")}
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS, overrides=overrides)
+        optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR,
+                                      betas=tuple(cfg.SOLVER.BETAS),
+                                      weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=RevDetDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        guard_dataset(dataset_name)
+        check_datasets([dataset_name])
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=RevDetDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                             output_dir=output_folder,
+                             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this;
+        # swap in revdet's before the checkpointing hook captures it.
+        self.checkpointer = RevDetCheckpointer(self.model, self.cfg.OUTPUT_DIR,
+                                               trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        hooks.insert(1, PeakMemory(self.cfg.MODEL.DEVICE))
+        return hooks
+
+    def build_writers(self):
+        return [MetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+
+
+# ------------------------------------------------------------------ results
+def ap_table(results: Dict[str, Dict[str, float]]) -> str:
+    """Markdown table of the COCO metrics of each task and dataset."""
+    cols = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    flat = results
+    if flat and all(isinstance(v, dict) and set(v) <= {"bbox", "segm", "keypoints"}
+                    for v in flat.values()):
+        rows = [(f"{ds} {task}", m) for ds, tasks in flat.items() for task, m in tasks.items()]
+    else:
+        rows = list(flat.items())
+    lines = ["| task | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, metrics in rows:
+        vals = [metrics.get(c, float("nan")) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def visualize(cfg, model, dataset_name: str, out_dir: str, num_images: int,
+              score_thresh: float = 0.5) -> List[str]:
+    """Write ``num_images`` PNGs of predicted boxes and masks (Detectron2's Visualizer)."""
+    import cv2
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    from detectron2.data import DatasetCatalog
+    from detectron2.data import detection_utils as utils
+
+    os.makedirs(out_dir, exist_ok=True)
+    mapper = RevDetDatasetMapper(cfg, False)
+    meta = MetadataCatalog.get(dataset_name)
+    records = DatasetCatalog.get(dataset_name)[:num_images]
+    was_training = model.training
+    model.eval()
+    paths = []
+    with torch.no_grad():
+        for record in records:
+            outputs = model([mapper(record)])[0]["instances"].to("cpu")
+            outputs = outputs[outputs.scores >= score_thresh]
+            image = utils.read_image(record["file_name"], format="RGB")
+            vis = Visualizer(image, meta, scale=max(1.0, 480 / max(image.shape[:2])),
+                             instance_mode=ColorMode.IMAGE)
+            drawn = vis.draw_instance_predictions(outputs).get_image()
+            path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0]
+                                + "_pred.png")
+            cv2.imwrite(path, drawn[:, :, ::-1])
+            paths.append(path)
+    model.train(was_training)
+    return paths
