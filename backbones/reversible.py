@@ -109,6 +109,14 @@ class _ReversibleSegment(torch.autograd.Function):
         return (grad_x, None, None, *param_grads)
 
 
+@torch.compiler.disable
+def _apply_segment(x, blocks, thw, params):
+    """Segments run eagerly under ``torch.compile`` (a graph break): dynamo cannot trace the
+    RNG forking of the backward, and per-segment recompiles with dynamic shapes crash
+    inductor (torch 2.14). Everything around the segments still compiles."""
+    return _ReversibleSegment.apply(x, blocks, thw, *params)
+
+
 def _segment_params(blocks: Sequence[ReversibleBlock]) -> List[torch.nn.Parameter]:
     """Trainable parameters in the order backward produces their gradients (F then G per block)."""
     return [p for blk in blocks for p in _trainable(blk.F) + _trainable(blk.G)]
@@ -125,7 +133,7 @@ def run_reversible(x: torch.Tensor, blocks: Sequence[ReversibleBlock], thw: THW,
         x = x.float()  # residual streams stay fp32: reconstruction in low precision drifts
     params = _segment_params(blocks)
     if rev_backprop and torch.is_grad_enabled() and (x.requires_grad or params):
-        return _ReversibleSegment.apply(x, blocks, thw, *params)
+        return _apply_segment(x, blocks, thw, params)
     x1, x2 = x.chunk(2, dim=-1)
     for blk in blocks:
         x1, x2 = blk(x1, x2, thw)

@@ -159,13 +159,18 @@ def test_train_and_eval_outputs_agree_without_randomness():
     assert torch.allclose(train_out_rev.detach(), eval_out, atol=1e-6)
 
 
-def test_torch_compile_gives_same_gradients():
-    model = tiny_model("vit", depth=3).train()
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vit", "mvit"])
+def test_torch_compile_gives_same_gradients(kind):
+    model = tiny_model(kind, depth=6, drop_path_rate=0.0).train()
     x = tiny_input(model)
     model(x).sum().backward()
     ref = [p.grad.clone() for p in model.parameters()]
+    scale = max(g.abs().max() for g in ref)
     model.zero_grad()
-    compiled = torch.compile(model, backend="aot_eager")
+    # Rev-MViT's stage transitions recompile per resolution; inductor (torch 2.14) crashes
+    # on those dynamic-shape recompiles, so multiscale models compile with dynamic=False.
+    compiled = torch.compile(model, dynamic=False if kind == "mvit" else None)
     compiled(x).sum().backward()
-    for a, p in zip(ref, model.parameters()):
-        assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-6)
+    for (name, p), a in zip(model.named_parameters(), ref):
+        assert (a - p.grad).abs().max() <= 1e-5 * scale, name
