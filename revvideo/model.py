@@ -1,0 +1,109 @@
+"""The video classifier: a ``backbones`` Rev-MViT (or its twin) with its head, from the config.
+
+The model is the ``backbones.MViT`` itself (``(B, 3, T, H, W)`` -> logits; LayerNorm, mean
+over tokens, dropout, linear). ``MultiViewClassifier`` wraps it for evaluation: a batch of
+videos with ``V`` views each -> softmax scores ``(B, V, K)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+import backbones
+
+logger = logging.getLogger(__name__)
+
+
+def model_overrides(cfg) -> Dict:
+    """``ModelConfig`` overrides from ``MODEL.*`` / ``MVIT.*`` / ``DATA.*`` (0 or [] keep the zoo value)."""
+    m, d = cfg.MVIT, cfg.DATA
+    out = dict(num_classes=cfg.MODEL.NUM_CLASSES, head_dropout=cfg.MODEL.DROPOUT_RATE,
+               drop_path_rate=m.DROPPATH_RATE,
+               input_size=(d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE))
+    for key, field in (("EMBED_DIM", "embed_dim"), ("DEPTH", "depth"), ("NUM_HEADS", "num_heads"),
+                       ("MLP_RATIO", "mlp_ratio")):
+        if getattr(m, key):
+            out[field] = getattr(m, key)
+    for key, field in (("DIM_MUL", "dim_mul"), ("HEAD_MUL", "head_mul"),
+                       ("POOL_Q_STRIDE", "pool_q_stride")):
+        if getattr(m, key):
+            out[field] = [list(e) for e in getattr(m, key)]
+    for key, field in (("POOL_KV_STRIDE_ADAPTIVE", "pool_kv_stride_adaptive"),
+                       ("POOL_KVQ_KERNEL", "pool_kernel"), ("PATCH_KERNEL", "patch_kernel"),
+                       ("PATCH_STRIDE", "patch_stride"), ("PATCH_PADDING", "patch_padding")):
+        if getattr(m, key):
+            value = getattr(m, key)
+            out[field] = list(value) if field == "pool_kv_stride_adaptive" else tuple(value)
+    return out
+
+
+def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False) -> backbones.MViT:
+    """The classifier ``cfg`` describes, with ``weights`` (default ``MODEL.WEIGHTS``) loaded.
+
+    ``MODEL.ARCH weights`` builds the architecture stored in the weights file (an official
+    ``.pyth`` or a revvision checkpoint) instead of a zoo name with ``MVIT.*`` overrides.
+    Weights must fit exactly (``backbones.KeyMismatchError`` lists what does not), except
+    that with ``allow_new_head`` (training) a classifier head of another size is left
+    freshly initialised, e.g. to fine-tune Kinetics-400 weights on Kinetics-600.
+    """
+    weights = cfg.MODEL.WEIGHTS if weights is None else weights
+    rev_backprop = cfg.MODEL.REV_BACKPROP
+    if cfg.MODEL.ARCH == "weights":
+        if not weights:
+            raise ValueError("MODEL.ARCH 'weights' builds the architecture stored in "
+                             "MODEL.WEIGHTS, which is empty")
+        model = backbones.load_pretrained(weights, rev_backprop=rev_backprop)
+        logger.info(f"Built the architecture stored in {weights}: {_describe(model)}")
+        if model.cfg.num_classes != cfg.MODEL.NUM_CLASSES:
+            raise ValueError(f"{weights} classifies {model.cfg.num_classes} classes but "
+                             f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}")
+        return model
+    model = backbones.build(cfg.MODEL.ARCH, rev_backprop=rev_backprop, **model_overrides(cfg))
+    logger.info(f"Built {cfg.MODEL.ARCH}: {_describe(model)}")
+    if weights:
+        try:
+            backbones.load_checkpoint(model, weights, strict=True)
+        except backbones.KeyMismatchError as e:
+            head_only = (not e.missing and not e.unexpected
+                         and all(k.startswith("head.") for k, _, _ in e.mismatched))
+            if not (allow_new_head and head_only):
+                raise backbones.KeyMismatchError(
+                    f"{e}\n(to use a checkpoint of another architecture, set MODEL.ARCH "
+                    f"weights to build the one stored in the file)", e.missing, e.unexpected,
+                    e.mismatched) from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                backbones.load_checkpoint(model, weights, strict=False)
+            logger.warning(f"Loaded {weights} except its classifier head "
+                           f"({', '.join(f'{k} {list(a)}' for k, a, _ in e.mismatched)}), which "
+                           f"does not fit {cfg.MODEL.NUM_CLASSES} classes: the head starts fresh")
+            return model
+        logger.info(f"Loaded weights from {weights}")
+    return model
+
+
+def _describe(model: backbones.MViT) -> str:
+    c = model.cfg
+    params = sum(p.numel() for p in model.parameters())
+    kind = "reversible" if c.reversible else "non-reversible"
+    return (f"{kind}, embed_dim {c.embed_dim}, depth {c.depth}, input {tuple(c.input_size)}, "
+            f"{c.num_classes} classes, {params / 1e6:.2f}M parameters")
+
+
+class MultiViewClassifier(nn.Module):
+    """Evaluation wrapper: ``{"video": (B, V, C, T, H, W)}`` -> softmax scores ``(B, V, K)``."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, batch: Dict) -> torch.Tensor:
+        videos = batch["video"].to(self.device, non_blocking=True)
+        b, v = videos.shape[:2]
+        logits = self.model(videos.flatten(0, 1))
+        return torch.softmax(logits.float(), dim=-1).view(b, v, -1)

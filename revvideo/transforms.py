@@ -1,0 +1,126 @@
+"""Training transforms (per clip) and batch mixing, built from pytorchvideo and torchvision.
+
+Per clip (``train_transform``), on the decoded ``(C, T, H, W)`` float clip in [0, 255]:
+
+    UniformTemporalSubsample(NUM_FRAMES) -> Div255 -> RandomShortSideScale(TRAIN_JITTER_SCALES)
+    -> RandomCrop(TRAIN_CROP_SIZE) -> RandomHorizontalFlip -> [RandAugment] -> Normalize(MEAN, STD)
+
+RandAugment (``AUG.ENABLE``) is pytorchvideo's video RandAugment applied on ``(T, C, H, W)``
+(``Permute`` around it; pytorchvideo's ``MoveChannelRear/Front`` are broken in 0.1.5).
+
+Per batch (``BatchMix``): pytorchvideo's ``MixVideo`` (CutMix with probability
+``MIXUP.SWITCH_PROB``, else MixUp) with label smoothing, giving soft targets for
+``soft_cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Dict, Tuple
+
+import torch
+from torchvision.transforms import Compose, RandomCrop, RandomHorizontalFlip
+
+from . import compat
+
+compat.apply()
+
+from pytorchvideo.transforms import (ApplyTransformToKey, Div255, MixVideo, Normalize,  # noqa: E402
+                                     Permute, RandAugment, RandomShortSideScale,
+                                     UniformTemporalSubsample)
+from pytorchvideo.transforms.functional import convert_to_one_hot  # noqa: E402
+
+
+class KeepKeys:
+    """Applies ``transform`` to a sample dict and keeps only the keys the loops use."""
+
+    KEYS = ("video", "label", "video_index", "clip_index", "fps")
+
+    def __init__(self, transform: Callable[[Dict], Dict]):
+        self.transform = transform
+
+    def __call__(self, sample: Dict) -> Dict:
+        sample = self.transform(sample)
+        return {k: sample[k] for k in self.KEYS}
+
+
+def parse_rand_augment(spec: str) -> Dict[str, float]:
+    """``"rand-m7-n4-mstd0.5-inc1"`` -> ``{"magnitude": 7, "num_layers": 4, "mstd": 0.5}``."""
+    parts = spec.split("-")
+    if not parts or parts[0] != "rand":
+        raise ValueError(f"AUG.AA_TYPE must look like 'rand-m7-n4-mstd0.5', got {spec!r}")
+    out = {"magnitude": 9, "num_layers": 2, "mstd": 0.5}
+    for part in parts[1:]:
+        m = re.fullmatch(r"(mstd|m|n|inc|mmax|p)([0-9.]+)", part)
+        if m is None:
+            raise ValueError(f"AUG.AA_TYPE {spec!r}: cannot read {part!r}")
+        key, value = m.groups()
+        if key == "m":
+            out["magnitude"] = int(float(value))
+        elif key == "n":
+            out["num_layers"] = int(value)
+        elif key == "mstd":
+            out["mstd"] = float(value)
+        elif key == "p":
+            out["prob"] = float(value)
+    return out
+
+
+def rand_augment(spec: str) -> Compose:
+    """pytorchvideo RandAugment on a ``(C, T, H, W)`` clip in [0, 1]."""
+    p = parse_rand_augment(spec)
+    sampling = {"sampling_data_type": "int", "sampling_min": 0, "sampling_std": p["mstd"]}
+    aug = RandAugment(magnitude=p["magnitude"], num_layers=p["num_layers"],
+                      prob=p.get("prob", 0.5), sampling_type="gaussian", sampling_hparas=sampling)
+    return Compose([Permute((1, 0, 2, 3)), aug, Permute((1, 0, 2, 3))])
+
+
+def clip_transform(cfg) -> Compose:
+    """The per-clip training transform of the ``video`` tensor (see the module docstring)."""
+    d = cfg.DATA
+    lo, hi = d.TRAIN_JITTER_SCALES
+    ops = [UniformTemporalSubsample(d.NUM_FRAMES), Div255(), RandomShortSideScale(lo, hi),
+           RandomCrop(d.TRAIN_CROP_SIZE)]
+    if d.RANDOM_FLIP:
+        ops.append(RandomHorizontalFlip(p=0.5))
+    if cfg.AUG.ENABLE:
+        ops.append(rand_augment(cfg.AUG.AA_TYPE))
+    ops.append(Normalize(tuple(d.MEAN), tuple(d.STD)))
+    return Compose(ops)
+
+
+def train_transform(cfg) -> KeepKeys:
+    """Sample-dict transform for ``VideoDataset``: the clip transform on ``video``."""
+    return KeepKeys(ApplyTransformToKey("video", clip_transform(cfg)))
+
+
+class BatchMix:
+    """MixUp / CutMix and label smoothing of a training batch -> ``(videos, soft targets)``."""
+
+    def __init__(self, num_classes: int, enable: bool = True, mixup_alpha: float = 0.8,
+                 cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
+                 label_smoothing: float = 0.1):
+        self.num_classes, self.prob, self.label_smoothing = num_classes, prob, label_smoothing
+        self.mix = None
+        if enable and prob > 0 and (mixup_alpha > 0 or cutmix_alpha > 0):
+            cutmix_prob = switch_prob if mixup_alpha > 0 and cutmix_alpha > 0 else float(cutmix_alpha > 0)
+            self.mix = MixVideo(cutmix_prob=cutmix_prob, mixup_alpha=mixup_alpha or 1.0,
+                                cutmix_alpha=cutmix_alpha or 1.0, label_smoothing=label_smoothing,
+                                num_classes=num_classes)
+
+    @classmethod
+    def from_config(cls, cfg) -> "BatchMix":
+        m = cfg.MIXUP
+        return cls(cfg.MODEL.NUM_CLASSES, m.ENABLE, m.ALPHA, m.CUTMIX_ALPHA, m.PROB,
+                   m.SWITCH_PROB, m.LABEL_SMOOTH_VALUE)
+
+    def __call__(self, videos: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.mix is not None and videos.shape[0] > 1 and torch.rand(1).item() < self.prob:
+            videos, targets = self.mix(videos, labels)
+            return videos, targets.float()
+        return videos, convert_to_one_hot(labels, self.num_classes, self.label_smoothing).float()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum(targets * log_softmax(logits))`` (official soft_cross_entropy)."""
+    return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
