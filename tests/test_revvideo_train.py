@@ -1,0 +1,152 @@
+"""tools/train_video.py end to end on tiny synthetic data: train, resume, evaluate, DDP."""
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import revvideo  # noqa: F401  (pytorchvideo import fix)
+from revvideo.model import build_model
+from revvideo.synthetic import ShapesSpec, ensure_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "train_video.py"
+SPEC = ShapesSpec(num_train=12, num_val=6, frames=24, width=40, height=32, fps=30, seed=2)
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("train_video_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool()
+
+
+@pytest.fixture(scope="module")
+def kinetics_dir(tmp_path_factory):
+    """Kinetics-format lists over the synthetic videos, with one corrupt training video."""
+    shapes = ensure_dataset(SPEC, tmp_path_factory.mktemp("shapes"))
+    out = tmp_path_factory.mktemp("kinetics")
+    corrupt = out / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # a header, then junk
+    train = (shapes / "train.csv").read_text().splitlines()
+    train = [f"{shapes / line.split()[0]} {line.split()[1]}" for line in train]
+    train.insert(5, f"{corrupt} 3")
+    (out / "train.csv").write_text("\n".join(train) + "\n")
+    val = [f"{shapes / p} {lab}" for p, lab in (ln.split() for ln in (shapes / "val.csv").read_text().splitlines())]
+    (out / "val.csv").write_text("\n".join(val) + "\n")
+    return out
+
+
+def opts(data_dir, out_dir, **extra):
+    values = {
+        "DATA.DATASET": "kinetics", "DATA.PATH_TO_DATA_DIR": str(data_dir),
+        "DATA.NUM_FRAMES": 4, "DATA.SAMPLING_RATE": 2, "DATA.TRAIN_JITTER_SCALES": "[32,36]",
+        "DATA_LOADER.NUM_WORKERS": 0, "TRAIN.BATCH_SIZE": 4, "TEST.BATCH_SIZE": 3,
+        "TEST.NUM_ENSEMBLE_VIEWS": 2, "TRAIN.CHECKPOINT_PERIOD": 1, "TRAIN.EVAL_PERIOD": 0,
+        "TRAIN.LOG_PERIOD": 1, "SOLVER.MAX_ITER": 4, "SOLVER.WARMUP_EPOCHS": 0.5,
+        "OUTPUT_DIR": str(out_dir), "SEED": 0, "CPU_THREADS": 1,
+    }
+    values.update(extra)
+    return [str(x) for kv in values.items() for x in kv]
+
+
+def run(tool, *args):
+    return tool.main(tool.parse_args(["--config", str(ROOT / "configs" / "demo_video_revmvit.yaml"),
+                                      *args]))
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
+
+
+def test_train_resume_and_eval_only(tool, kinetics_dir, tmp_path):
+    out = tmp_path / "run"
+    # ---- train 4 iterations: one epoch of 13 listed videos (one corrupt) is 3 batches of 4
+    results = run(tool, *opts(kinetics_dir, out))
+    assert results["videos"] == SPEC.num_val and 0 <= results["top1"] <= 100
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert (out / "model_0000003.pth").is_file() and list(out.glob("events.out.tfevents.*"))
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert {"model", "model_config", "trainer", "iteration"} <= set(ckpt) and ckpt["iteration"] == 3
+    metrics = read_metrics(out)
+    train_rows = [m for m in metrics if "total_loss" in m]
+    assert [m["iteration"] for m in train_rows] == [0, 1, 2, 3]
+    assert all("lr" in m and "data_time" in m for m in train_rows)
+    assert any(m.get("skipped_videos") == 1 for m in metrics)  # the epoch summary's count
+    assert "top1" in metrics[-1] and "top5" in metrics[-1]
+    log = (out / "log.txt").read_text()
+    assert "eta:" in log and "skipping video" in log and "corrupt.mp4" in log
+    assert "Epoch 1 done: 12 clips in 3 batches from 13 videos, 1 skipped" in log
+
+    # ---- resume: continues at iteration 4 with the saved optimizer and schedule
+    run(tool, "--resume", *opts(kinetics_dir, out, **{"SOLVER.MAX_ITER": 6}))
+    log = (out / "log.txt").read_text()
+    assert f"Resuming from {out / 'model_final.pth'} at iteration 4" in log
+    iters = [m["iteration"] for m in read_metrics(out) if "total_loss" in m]
+    assert iters == [0, 1, 2, 3, 4, 5]
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 5
+
+    # ---- eval-only of the trained weights, through the config's architecture ...
+    ev = tmp_path / "eval"
+    res = run(tool, "--eval-only", *opts(kinetics_dir, ev, **{"MODEL.WEIGHTS": out / "model_final.pth"}))
+    saved = json.loads((ev / "eval_results.json").read_text())
+    assert saved["top1"] == pytest.approx(res["top1"]) and saved["videos"] == SPEC.num_val
+    assert "| weights" in (ev / "log.txt").read_text()
+    # ... and through the architecture stored in the checkpoint (MVIT.* overrides ignored)
+    res2 = run(tool, "--eval-only", *opts(kinetics_dir, tmp_path / "eval2", **{
+        "MODEL.WEIGHTS": out / "model_final.pth", "MODEL.ARCH": "weights", "MVIT.EMBED_DIM": 0,
+        "MVIT.DEPTH": 0}))
+    assert res2["top1"] == pytest.approx(res["top1"]) and res2["top5"] == pytest.approx(res["top5"])
+
+
+def test_eval_only_of_an_official_checkpoint(tool, kinetics_dir, tmp_path, golden_dir):
+    """The golden official-format .pyth: the model is built from its embedded config."""
+    pyth = golden_dir / "tiny_rev_mvit_video.pyth"
+    extra = {"MODEL.WEIGHTS": pyth, "MODEL.ARCH": "weights", "MODEL.NUM_CLASSES": 10,
+             "DATA.NUM_FRAMES": 8, "DATA.TRAIN_JITTER_SCALES": "[64,80]",
+             "DATA.TRAIN_CROP_SIZE": 64, "DATA.TEST_CROP_SIZE": 64}
+    args = tool.parse_args(["--config", str(ROOT / "configs" / "demo_video_revmvit.yaml"), "--eval-only",
+                            *opts(kinetics_dir, tmp_path, **extra)])
+    cfg = tool.setup(args)
+    model = build_model(cfg).eval()
+    io = torch.load(golden_dir / "tiny_rev_mvit_video_io.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.allclose(model(io["input"]), io["logits"], atol=1e-5, rtol=1e-4)
+    results = tool.main(args)
+    assert results["videos"] == SPEC.num_val and results["views_per_video"] == 2
+
+
+def test_wrong_weights_fail_with_a_clear_message(tool, kinetics_dir, tmp_path, golden_dir):
+    with pytest.raises(Exception, match=r"(?s)do not fit the model.*MODEL.ARCH weights"):
+        run(tool, "--eval-only", *opts(kinetics_dir, tmp_path, **{
+            "MODEL.WEIGHTS": golden_dir / "tiny_rev_mvit_video.pyth", "MODEL.NUM_CLASSES": 10}))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training(kinetics_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, str(TOOL), "--config", str(ROOT / "configs" / "demo_video_revmvit.yaml"),
+           "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
+           *opts(kinetics_dir, out, **{"SOLVER.MAX_ITER": 3})]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log and "2 clips per process x 2 processes" in log
+    assert (out / "model_final.pth").is_file()
+    assert json.loads((out / "eval_results.json").read_text())["videos"] == SPEC.num_val
