@@ -6,8 +6,9 @@
   ``torch.load(weights_only=True)``, Detectron2 model-zoo ``.pkl`` files with an unpickler
   that admits numpy arrays and plain containers only;
 * recognises a classification checkpoint of a ``backbones`` model -- an official
-  Rev-ViT / Rev-MViT ``.pyth`` (``{"epoch", "model_state", "cfg"}``) or a bare state dict
-  in revvision or official key names -- and converts it on the fly: keys moved into the
+  Rev-ViT / Rev-MViT ``.pyth`` (``{"epoch", "model_state", "cfg"}``), a revvision
+  checkpoint, an mmpretrain Rev-ViT or a bare state dict (read by
+  ``backbones.checkpoint.read_state_dict``) -- and converts it on the fly: keys moved into the
   detector's backbone namespace, the classifier ``head.*`` and final ``norm.*`` dropped, the
   position embedding resized when the detector's pretraining grid differs, and any other
   mismatch reported as one error naming the file;
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
+from backbones.checkpoint import read_state_dict
 from backbones.layers import resize_pos_embed
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -34,52 +36,24 @@ from .compat import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
-# Keys of a classifier-only state dict (top level of a backbones.MViT state dict).
-_BACKBONE_MARKER = "patch_embed.proj.weight"
-_OFFICIAL_MARKER = "rev_backbone.layers."
-
-
-def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[ModelConfig]]:
-    """``(state dict in revvision key names, ModelConfig or None)`` of a backbone checkpoint.
-
-    Uses ``backbones.checkpoint.read_state_dict`` when that module is available; otherwise
-    reads the official format here (weights_only, key renaming, config from the YAML).
-    """
-    try:
-        from backbones.checkpoint import read_state_dict as shared_reader
-    except ImportError:
-        shared_reader = None
-    if shared_reader is not None:
-        return shared_reader(path)
-    import yaml
-
-    from backbones.official import config_from_official, from_official_keys
-
-    data = safe_torch_load(path)
-    state, cfg = data, None
-    if isinstance(data, Mapping) and "model_state" in data:
-        state = data["model_state"]
-        if isinstance(data.get("cfg"), str):
-            cfg = config_from_official(yaml.safe_load(data["cfg"]))
-    elif isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
-        state = data["model"]
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
-    return from_official_keys(state), cfg
+# A key only a classifier checkpoint of a backbones model has: revvision / official names
+# (top level of the classifier's state dict) or mmpretrain's Rev-ViT names. (A Detectron2
+# checkpoint holds "backbone.bottom_up.net.patch_embed.proj.weight" and the like.)
+_CLASSIFIER_MARKERS = ("patch_embed.proj.weight", "backbone.patch_embed.projection.weight")
 
 
 def _model_state(data: Any) -> Any:
     if isinstance(data, Mapping):
-        for key in ("model_state", "model"):
+        for key in ("model_state", "model", "state_dict"):
             if isinstance(data.get(key), Mapping):
                 return data[key]
     return data
 
 
 def is_backbone_state(state: Any) -> bool:
-    """True for the state dict of a bare ``backbones`` classifier (revvision or official names)."""
-    return (isinstance(state, Mapping) and _BACKBONE_MARKER in state
-            and any(k.startswith(("layers.", _OFFICIAL_MARKER)) for k in state))
+    """True for the state dict of a ``backbones`` classifier (revvision, official or
+    mmpretrain names), as opposed to a detector's."""
+    return isinstance(state, Mapping) and any(k in state for k in _CLASSIFIER_MARKERS)
 
 
 def find_backbone_nets(model: nn.Module) -> List[Tuple[str, MViT]]:

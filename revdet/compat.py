@@ -17,28 +17,17 @@ Not patched because nothing revdet runs reaches them: ``np.array(..., copy=False
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, Dict
-
-import torch
 
 _APPLIED = False
 
 
 def safe_torch_load(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one clear error per failure."""
-    try:
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint file not found: {path}") from None
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"refusing to load {path}: it is not a plain-weights checkpoint and would need "
-            f"arbitrary unpickling (torch.load(weights_only=True) failed: "
-            f"{str(e).splitlines()[0]})") from None
-    except RuntimeError as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from None
+    """``torch.load(path, map_location="cpu", weights_only=True)``; a file that would need
+    arbitrary unpickling, or is corrupt, raises one ``CheckpointError`` naming it."""
+    from backbones.checkpoint import load_file
+
+    return load_file(path)
 
 
 def _fvcore_load_file(self, f: str) -> Dict[str, Any]:

@@ -91,6 +91,16 @@ def guard_dataset(name: str) -> None:
         except (KeyError, TypeError, ValueError, AssertionError, IndexError) as e:
             raise DatasetError(f"malformed annotation file {source}: "
                                f"{type(e).__name__}: {e}") from None
+        if not records:
+            raise DatasetError(f"malformed annotation file {source}: it lists no images (a COCO "
+                               "instances file has 'images', 'annotations' and 'categories')")
+        for r in records:
+            for i, ann in enumerate(r.get("annotations", [])):
+                bbox = ann.get("bbox")
+                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or "category_id" not in ann:
+                    raise DatasetError(f"malformed annotation file {source}: annotation {i} of "
+                                       f"image {r['file_name']} needs a 4-number 'bbox' and a "
+                                       f"'category_id', got {sorted(ann)}")
         missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
         if missing:
             raise DatasetError(

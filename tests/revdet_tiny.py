@@ -1,0 +1,111 @@
+"""Tiny Detectron2 configs for the revdet tests: every code path, a fraction of the cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import revdet  # noqa: F401  (registers the backbones)
+from detectron2.config import get_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# Rev-MViT layout: 0 rev | 1 transition | 2 rev | 3 transition | 4 rev | 5 transition | 6 rev
+TINY_MVIT = [
+    "MODEL.REVDET.ARCH", "mvit_b", "MODEL.REVDET.EMBED_DIM", 8, "MODEL.REVDET.DEPTH", 7,
+    "MODEL.REVDET.NUM_HEADS", 1,
+    "MODEL.REVDET.DIM_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
+    "MODEL.REVDET.HEAD_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
+    "MODEL.REVDET.POOL_Q_STRIDE", [[1, 1, 2, 2], [3, 1, 2, 2], [5, 1, 2, 2]],
+    "MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE", [1, 4, 4],
+    "MODEL.REVDET.INPUT_SIZE", 64,
+]
+TINY_VIT = [
+    "MODEL.REVDET.ARCH", "vit_s", "MODEL.REVDET.EMBED_DIM", 16, "MODEL.REVDET.DEPTH", 2,
+    "MODEL.REVDET.NUM_HEADS", 2, "MODEL.REVDET.INPUT_SIZE", 64,
+    "MODEL.REVDET.OUT_FEATURES", ["scale4"], "MODEL.REVDET.DIM_MUL", [],
+    "MODEL.REVDET.HEAD_MUL", [], "MODEL.REVDET.POOL_Q_STRIDE", [],
+    "MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE", [],
+]
+TINY_HEADS = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+    "MODEL.FPN.OUT_CHANNELS", 16,
+    "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 100, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 32,
+    "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 16,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 32, "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
+    "MODEL.ROI_MASK_HEAD.NUM_CONV", 1,
+    "TEST.DETECTIONS_PER_IMAGE", 10,
+]
+# All four registered backbones: (name, tiny architecture keys).
+BACKBONES = {
+    "build_rev_mvit_fpn_backbone": TINY_MVIT,
+    "build_mvit_fpn_backbone": TINY_MVIT,
+    "build_rev_vit_simple_fpn_backbone": TINY_VIT,
+    "build_vit_simple_fpn_backbone": TINY_VIT,
+}
+
+
+def tiny_cfg(backbone: str = "build_rev_mvit_fpn_backbone", *opts):
+    """The demo config shrunk to a tiny model with ``backbone``; ``opts`` are KEY VALUE pairs."""
+    cfg = revdet.add_revdet_config(get_cfg())
+    cfg.merge_from_file(str(CONFIGS / "demo_shapes_revmvit.yaml"))
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", backbone] + BACKBONES[backbone] + TINY_HEADS
+                        + list(opts))
+    return cfg
+
+
+def tiny_shapes_opts(root, num_train: int = 8, num_val: int = 4, size: int = 64):
+    """KEY VALUE pairs for a tiny shapes dataset in ``root``, trained at its native size."""
+    return ["DATASETS.SHAPES.ROOT", str(root), "DATASETS.SHAPES.NUM_TRAIN", num_train,
+            "DATASETS.SHAPES.NUM_VAL", num_val, "DATASETS.SHAPES.IMAGE_SIZE", size,
+            "DATASETS.SHAPES.MAX_SHAPES", 2,
+            "INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MAX_SIZE_TRAIN", size,
+            "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size]
+
+
+def make_coco(root, split: str = "train", num_images: int = 4, size: int = 64, seed: int = 0,
+              mode: str = "RGB"):
+    """A tiny COCO-layout split under ``root`` (``root`` plays ``$DETECTRON2_DATASETS``):
+    square ``size`` images, one shape each (labelled with one of the first three COCO
+    categories), polygon masks; the json lists all 80 COCO categories, as the real one does.
+    Returns ``(annotations.json, image folder)``."""
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from revdet import shapes
+
+    image_dir = os.path.join(root, "coco", f"{split}2017")
+    ann_dir = os.path.join(root, "coco", "annotations")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(ann_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for i in range(num_images):
+        img = np.full((size, size, 3), rng.integers(40, 120), np.uint8)
+        r = rng.uniform(0.15, 0.3) * size
+        cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
+        category = int(rng.integers(3))
+        poly = shapes._polygon(shapes.CLASSES[category], cx, cy, r, rng.uniform(0, 6.3))
+        import cv2
+
+        cv2.fillPoly(img, [np.round(poly * 16).astype(np.int32)], (230, 60, 40), cv2.LINE_AA,
+                     shift=4)
+        name = f"{i:04d}.png"
+        Image.fromarray(img).convert(mode).save(os.path.join(image_dir, name))
+        images.append({"id": i + 1, "file_name": name, "height": size, "width": size})
+        annotations.append(shapes._coco_annotation(poly, i + 1, i + 1, category, size, size))
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES
+                           if c["isthing"]]}
+    json_file = os.path.join(ann_dir, f"instances_{split}2017.json")
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return json_file, image_dir
