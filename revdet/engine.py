@@ -23,7 +23,9 @@ from typing import Dict, List, Optional
 import torch
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer,
+                               TrainerBase, create_ddp_model)
+from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -116,10 +118,31 @@ class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with revdet's optimizer, data, evaluator and checkpointer."""
 
     def __init__(self, cfg):
+        # DefaultTrainer.__init__, with two changes: DDP without device_ids on the CPU
+        # (Detectron2 always passes the local rank as a CUDA device), and revdet's
+        # checkpointer; the datasets are checked first, so bad data fails before the model
+        # is built.
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             guard_dataset(name)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-        super().__init__(cfg)
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 **({} if cuda else {"device_ids": None}))
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED and cuda else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = RevDetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_model(cls, cfg):
@@ -171,10 +194,6 @@ class Trainer(DefaultTrainer):
                              max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this;
-        # swap in revdet's before the checkpointing hook captures it.
-        self.checkpointer = RevDetCheckpointer(self.model, self.cfg.OUTPUT_DIR,
-                                               trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         hooks.insert(1, PeakMemory(self.cfg.MODEL.DEVICE))
         return hooks
