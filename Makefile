@@ -17,6 +17,11 @@ test: venv
 demo: venv
 	$(VENV_PY) tools/benchmark_memory.py --quick
 
+# Rev-MViT video classification on the synthetic shapes videos: train, then evaluate.
+.PHONY: demo-video
+demo-video: venv
+	$(VENV_PY) tools/train_video.py --config configs/demo_video_revmvit.yaml
+
 # Internal: the environment the other targets run in.
 venv: $(STAMP)
 

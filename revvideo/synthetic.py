@@ -39,7 +39,7 @@ import numpy as np
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("down", "up")
 CLASSES = sorted(f"{s}_{d}" for s in SHAPES for d in DIRECTIONS)
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def render_clip(label: int, spec: ShapesSpec, rng: np.random.Generator) -> np.nd
     """``(frames, height, width, 3)`` uint8 frames of one clip of class ``CLASSES[label]``."""
     shape, direction = CLASSES[label].split("_")
     t, h, w = spec.frames, spec.height, spec.width
-    r = rng.uniform(0.12, 0.17) * h  # radius
-    speed = rng.uniform(0.35, 0.65) * h / t  # pixels per frame
+    r = rng.uniform(0.16, 0.22) * h  # radius
+    speed = rng.uniform(0.25, 0.45) * h / t  # pixels per frame
     travel = speed * (t - 1)
     lo, hi = r + 1, h - r - 1 - travel
     y0 = rng.uniform(lo, max(lo, hi))
