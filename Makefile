@@ -15,7 +15,7 @@ test: venv
 	$(VENV_PY) -m pytest -q tests $(PYTEST_ARGS)
 
 demo: venv
-	$(VENV_PY) tools/benchmark_memory.py --quick
+	$(VENV_PY) tools/train_det.py --config configs/demo_shapes_revmvit.yaml
 
 # Rev-MViT video classification on the synthetic shapes videos: train, then evaluate.
 .PHONY: demo-video

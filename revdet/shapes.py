@@ -110,7 +110,7 @@ def _place(rng: np.random.Generator, h: int, w: int, size: int, k: int) -> List[
     placed: List[Tuple[float, float, float]] = []
     for _ in range(k):
         for _attempt in range(60):
-            r = size * math.exp(rng.uniform(math.log(0.06), math.log(0.22)))  # several sizes
+            r = size * math.exp(rng.uniform(math.log(0.07), math.log(0.24)))  # several sizes
             if 2 * r + 4 >= min(h, w):
                 continue
             cx, cy = rng.uniform(r + 2, w - r - 2), rng.uniform(r + 2, h - r - 2)

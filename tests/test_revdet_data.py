@@ -156,3 +156,31 @@ def test_grayscale_and_rgba_images_go_through_inference(tmp_path, mode):
 def test_to_rgb_accepts_every_channel_layout(shape):
     out = to_rgb(np.zeros(shape, np.uint8))
     assert out.shape == (20, 30, 3)
+
+
+def test_coco_recipe_augmentation_crops_polygons(tmp_path):
+    """The MViTv2 recipe: p=0.5 resize to 400-600 + random 384-600 crop, then 480-800 resize
+    and flip; cropped polygon masks (shapely) and recomputed boxes stay consistent."""
+    from revdet_tiny import CONFIGS
+
+    json_file, image_root = make_coco(tmp_path, "train", 2, size=96)
+    _register("revdet_test_aug", json_file, image_root)
+    cfg = revdet.add_revdet_config(get_cfg())
+    cfg.merge_from_file(str(CONFIGS / "coco_revmvit.yaml"))
+    mapper = RevDetDatasetMapper(cfg, is_train=True)
+    assert mapper.recompute_boxes
+    record = DatasetCatalog.get("revdet_test_aug")[0]
+    np.random.seed(0)
+    short_sides = set()
+    for _ in range(12):
+        out = mapper(record)
+        h, w = out["image"].shape[1:]
+        short_sides.add(min(h, w))
+        inst = out["instances"]
+        assert 480 <= min(h, w) <= 800 and max(h, w) <= 1333
+        if len(inst):
+            boxes = inst.gt_boxes.tensor
+            assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w + 1e-3).all()
+            mask_boxes = inst.gt_masks.get_bounding_boxes().tensor
+            torch.testing.assert_close(boxes, mask_boxes)
+    assert len(short_sides) > 1

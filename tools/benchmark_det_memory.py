@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""Training memory of Mask R-CNN with reversible backbones vs their non-reversible twins.
+
+One Mask R-CNN + pyramid training iteration (forward + backward) at the same image size
+for Rev-MViT-B vs MViT-B (Detectron2 FPN) and Rev-ViT-B vs ViT-B (simple feature
+pyramid), each measured in a fresh process (this machine's method, see design.md):
+
+* ``peak MB``: the process's resident high-water mark during the step minus its resident
+  memory just before it (``/proc/self/clear_refs`` reset, ``VmHWM``); parameters, their
+  gradients and optimizer state already exist, so this is the step's working memory;
+  on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the step;
+* ``saved MB``: the activation bytes autograd keeps for backward (each storage counted
+  once, parameters excluded), for the whole detector and for the backbone trunk alone
+  -- exact and noise-free;
+* ``step s``: median wall time of the measured steps.
+
+    python tools/benchmark_det_memory.py                      # 640x640, batch 1, 3 steps
+    python tools/benchmark_det_memory.py --size 800 --batch 2 --steps 2
+    python tools/benchmark_det_memory.py --variants rev_mvit_b mvit_b --device cuda
+
+Prints a markdown table; ``--json FILE`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# variant -> (registered backbone, zoo architecture, its twin)
+VARIANTS = {
+    "rev_mvit_b": ("build_rev_mvit_fpn_backbone", "mvit_b", "mvit_b"),
+    "mvit_b": ("build_mvit_fpn_backbone", "mvit_b", None),
+    "rev_vit_b": ("build_rev_vit_simple_fpn_backbone", "vit_b", "vit_b"),
+    "vit_b": ("build_vit_simple_fpn_backbone", "vit_b", None),
+}
+LABELS = {"rev_mvit_b": "Rev-MViT-B + FPN", "mvit_b": "MViT-B + FPN",
+          "rev_vit_b": "Rev-ViT-B + simple pyramid", "vit_b": "ViT-B + simple pyramid"}
+
+
+# ---------------------------------------------------------------------- worker side
+def _build(variant: str, device: str):
+    import revdet
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    backbone, arch, _ = VARIANTS[variant]
+    cfg = revdet.add_revdet_config(get_cfg())
+    name = "coco_revvit_b.yaml" if "vit_b" in variant and "mvit" not in variant else "coco_revmvit.yaml"
+    cfg.merge_from_file(os.path.join(ROOT, "configs", name))
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", backbone, "MODEL.REVDET.ARCH", arch,
+                         "MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
+    return build_model(cfg).train()
+
+
+def _batch(size: int, batch: int, device: str, seed: int = 0):
+    import torch
+    from detectron2.structures import Boxes, Instances, PolygonMasks
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        inst = Instances((size, size))
+        n = 8
+        xy = torch.rand(n, 2, generator=g) * size * 0.7
+        wh = torch.rand(n, 2, generator=g) * size * 0.25 + size * 0.05
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, 80, (n,), generator=g)
+        inst.gt_masks = PolygonMasks([[[b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3]]]
+                                      for b in boxes.tolist()])
+        image = (torch.rand(3, size, size, generator=g) * 255).to(device)
+        out.append({"image": image, "instances": inst, "height": size, "width": size})
+    return out
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+
+class SavedBytes:
+    """Bytes of the activations autograd saves for backward, each storage counted once
+    (parameters, which backward also holds on to, are not counted: ``exclude``)."""
+
+    def __init__(self, seen=None, exclude=()):
+        import torch
+
+        self.seen = set(exclude) if seen is None else seen
+        self.bytes = 0
+        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def pack(self, t):
+        try:
+            storage = t.untyped_storage()
+            key = (storage.data_ptr(), storage.nbytes())
+        except (RuntimeError, NotImplementedError):
+            return t
+        if key not in self.seen:
+            self.seen.add(key)
+            self.bytes += key[1]
+        return t
+
+
+def worker(args) -> dict:
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    device = args.device
+    model = _build(args.variant, device)
+    trunk = model.backbone.bottom_up if hasattr(model.backbone, "bottom_up") else model.backbone.net
+    params = sum(p.numel() for p in trunk.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    batch = _batch(args.size, args.batch, device)
+    cuda = device.startswith("cuda")
+    param_storages = {(p.untyped_storage().data_ptr(), p.untyped_storage().nbytes())
+                      for p in model.parameters()}
+
+    def step(measure_saved: bool):
+        # Hooks nest (the innermost one packs), so the trunk's tensors go to saved_trunk
+        # only; a shared `seen` set counts a storage saved in both parts once.
+        saved_all = SavedBytes(exclude=param_storages)
+        saved_trunk = SavedBytes(saved_all.seen)
+        handles = []
+        if measure_saved:
+            handles = [trunk.register_forward_pre_hook(lambda *a: saved_trunk.ctx.__enter__()),
+                       trunk.register_forward_hook(lambda *a: saved_trunk.ctx.__exit__(None, None, None))]
+        with EventStorage(0):
+            if measure_saved:
+                with saved_all.ctx:
+                    losses = model(batch)
+            else:
+                losses = model(batch)
+            sum(losses.values()).backward()
+        for h in handles:
+            h.remove()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        return (saved_all.bytes + saved_trunk.bytes) / 2**20, saved_trunk.bytes / 2**20
+
+    step(False)  # warm-up: gradients and optimizer state now exist
+    saved = step(True)
+    peaks, times = [], []
+    for _ in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            base = _rss_mb()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        t = time.perf_counter()
+        step(False)
+        if cuda:
+            torch.cuda.synchronize()
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        else:
+            peaks.append(_hwm_mb() - base)
+        times.append(time.perf_counter() - t)
+    return {"variant": args.variant, "size": args.size, "batch": args.batch,
+            "trunk_params_M": params / 1e6, "peak_mb": statistics.median(peaks),
+            "step_s": statistics.median(times), "saved_mb": saved[0], "saved_trunk_mb": saved[1],
+            "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------- driver side
+def table(rows) -> str:
+    by = {r["variant"]: r for r in rows}
+    out = ["| backbone (Mask R-CNN, {}x{}, batch {}) | step s | peak MB | vs twin | saved MB "
+           "(detector) | saved MB (trunk) | trunk vs twin |".format(rows[0]["size"], rows[0]["size"],
+                                                                 rows[0]["batch"]),
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        twin = VARIANTS[r["variant"]][2]
+        t = by.get(twin) if twin else None
+        ratio = f"{r['peak_mb'] / t['peak_mb']:.2f}x" if t else "1.00x" if not twin else "-"
+        tratio = (f"{r['saved_trunk_mb'] / t['saved_trunk_mb']:.2f}x" if t else
+                  "1.00x" if not twin else "-")
+        out.append(f"| {LABELS[r['variant']]} | {r['step_s']:.1f} | {r['peak_mb']:.0f} | {ratio} "
+                   f"| {r['saved_mb']:.0f} | {r['saved_trunk_mb']:.0f} | {tratio} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--size", type=int, default=640, help="square image side (multiple of 32)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--worker", dest="variant", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+    rows = []
+    for v in args.variants:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", v, "--size", str(args.size),
+               "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
+        print(f"measuring {LABELS[v]} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(lines[-1][7:]))
+        r = rows[-1]
+        print(f"  step {r['step_s']:.1f} s, peak {r['peak_mb']:.0f} MB, saved {r['saved_mb']:.0f} MB "
+              f"(trunk {r['saved_trunk_mb']:.0f} MB)", file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
