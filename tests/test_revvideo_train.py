@@ -101,7 +101,7 @@ def test_train_resume_and_eval_only(tool, kinetics_dir, tmp_path):
     res = run(tool, "--eval-only", *opts(kinetics_dir, ev, **{"MODEL.WEIGHTS": out / "model_final.pth"}))
     saved = json.loads((ev / "eval_results.json").read_text())
     assert saved["top1"] == pytest.approx(res["top1"]) and saved["videos"] == SPEC.num_val
-    assert "| weights" in (ev / "log.txt").read_text()
+    assert "| weights" in (ev / "log.txt").read_text() and (ev / "results.md").is_file()
     # ... and through the architecture stored in the checkpoint (MVIT.* overrides ignored)
     res2 = run(tool, "--eval-only", *opts(kinetics_dir, tmp_path / "eval2", **{
         "MODEL.WEIGHTS": out / "model_final.pth", "MODEL.ARCH": "weights", "MVIT.EMBED_DIM": 0,

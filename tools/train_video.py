@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate a Rev-MViT video classifier (Kinetics, or the built-in synthetic set).
 
-    # the demo: synthetic shapes, a tiny Rev-MViT, trains and evaluates in minutes on a CPU
+    # the demo: synthetic shapes videos, a tiny Rev-MViT, trains and evaluates on a CPU
     python tools/train_video.py --config configs/demo_video_revmvit.yaml
 
     # Kinetics-400 with the official recipe, 8 processes (GPUs) on one machine
@@ -15,63 +15,113 @@
     # continue an interrupted run from OUTPUT_DIR/last_checkpoint
     python tools/train_video.py --config configs/demo_video_revmvit.yaml --resume
 
-Options are Detectron2's (``--config``/``--config-file``, ``--eval-only``, ``--resume``,
-``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``) followed by
-``KEY VALUE`` config overrides (see ``revvideo/config.py``). OUTPUT_DIR receives
+``--config-file`` is accepted as well; then Detectron2's ``--eval-only``, ``--resume``,
+``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, and trailing
+``KEY VALUE`` config overrides (keys: ``revvideo/config.py``). ``MODEL.WEIGHTS`` takes an
+official ``.pyth``, a checkpoint of this tool, or any file ``backbones.load_checkpoint``
+reads (``MODEL.ARCH weights`` builds the architecture stored in it). OUTPUT_DIR receives
 ``log.txt``, ``config.yaml``, ``metrics.json``, TensorBoard events, the checkpoints
-``model_*.pth`` / ``model_final.pth`` and ``eval_results.json``.
+``model_*.pth`` / ``model_final.pth`` (``last_checkpoint`` names the newest) and the
+results (``results.md``, ``eval_results.json``). Without a GPU everything runs on the CPU,
+several processes communicating through gloo.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
+# threads slow a multi-threaded step down several-fold. Set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
 
 import revvideo  # noqa: E402  (first: pytorchvideo's torchvision import fix)
-import torch  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from revvideo.engine import Trainer, evaluate, resolve_device  # noqa: E402
 from revvideo.model import build_model  # noqa: E402
+from revvideo.multiview import format_results  # noqa: E402
+
+logger = logging.getLogger("revvideo.train_video")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
+                        metavar="FILE", help="path to config file (same as --config-file)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def load_config(args):
+    cfg = revvideo.get_cfg()
+    if not args.config_file:
+        raise SystemExit("train_video.py: give a config with --config FILE "
+                         "(e.g. configs/demo_video_revmvit.yaml)")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
 
 
 def setup(args):
-    cfg = revvideo.get_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="revvideo")
     if cfg.CPU_THREADS > 0:
         torch.set_num_threads(cfg.CPU_THREADS)
+    elif cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
+        # share the cores between the processes on this machine
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    if cfg.MODEL.DEVICE == "cpu":
+        logger.info("Running on the CPU with %d thread(s) per process", torch.get_num_threads())
     return cfg
+
+
+def report(cfg, results) -> None:
+    """Keep the final table (already logged by ``evaluate``) in OUTPUT_DIR/results.md."""
+    if comm.is_main_process() and results and cfg.OUTPUT_DIR:
+        with open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
+            f.write(format_results(results, cfg) + "\n")
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = build_model(cfg).to(resolve_device(cfg))
-        return evaluate(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = evaluate(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    report(cfg, results)
+    return results
 
 
-def parse_args(argv=None):
-    parser = default_argument_parser()
-    # Detectron2's flag is --config-file; --config is accepted as its abbreviation anyway,
-    # listed here for the help text.
-    parser.add_argument("--config", dest="config_file", metavar="FILE",
-                        default=argparse.SUPPRESS, help="same as --config-file")
-    return parser.parse_args(argv)
+def cli(argv=None):
+    args = parse_args(argv)
+    if args.config_file:  # generate the synthetic data once here, not in every process
+        cfg = load_config(args)
+        if cfg.DATA.DATASET == "synthetic_shapes":
+            from revvideo.data import dataset_dir
+
+            dataset_dir(cfg)
+    print("Command Line Args:", args, flush=True)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    cli()

@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Video benchmarks: data loading speed, and training-step memory of Rev-MViT-B 16x4 vs MViT-B.
+
+    python tools/benchmark_video.py loading              # clips/s, PyAV, workers 0 and 2
+    python tools/benchmark_video.py memory               # one training step at batch 1, 16x224x224
+    python tools/benchmark_video.py all --out output/benchmark_video
+
+``loading`` decodes Kinetics-like clips (340x256, 30 fps, 10 s, H.264; generated once with
+``revvideo.synthetic`` into the cache) through the real pipelines: the training pipeline
+(random 16x4 clip, short side 256-320, crop 224, flip, normalise; with and without
+RandAugment) and the test pipeline (the whole video decoded once, 5 clips x 1 crop). It
+reports clips/s (training) and videos/s (test) with 0 and 2 DataLoader workers.
+
+``memory`` runs each model in a fresh process (this script with the hidden ``--worker``
+flag): build, one warm-up training step, then the measured step (forward, cross-entropy,
+backward). It reports the peak resident memory of the measured step above the resident
+memory just before it (``/proc/self/clear_refs`` then ``VmHWM``; freed heap returned
+with ``malloc_trim`` first), that peak without the fp32 parameter gradients, the bytes of
+tensors saved for backward during the forward (exact activation memory, each storage
+counted once), and the step time. Absolute numbers are noisy on a small shared machine;
+the ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+MB = 1e6
+MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop)
+    "rev_mvit_b_16x4": ("Rev-MViT-B 16x4 (reversible backprop)", "rev_mvit_b_16x4", True),
+    "rev_mvit_b_16x4_autograd": ("Rev-MViT-B 16x4, plain autograd", "rev_mvit_b_16x4", False),
+    "mvit_b_16x4": ("MViT-B 16x4 (non-reversible twin)", "mvit_b_16x4", True),
+    # Not the official model: its 3 non-reversible stage transitions recomputed in backward
+    # (torch.utils.checkpoint), to show where the remaining memory is.
+    "rev_mvit_b_16x4_ckpt": ("Rev-MViT-B 16x4 + checkpointed stage transitions", "rev_mvit_b_16x4", True),
+}
+
+
+def _checkpoint_transitions(model) -> None:
+    """Run each non-reversible stage transition under non-reentrant activation checkpointing
+    when training (a wrapper; backbones/ is untouched)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from backbones.blocks import StageTransition
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x, thw):
+            if self.training and torch.is_grad_enabled():
+                return checkpoint(self.block, x, thw, use_reentrant=False)
+            return self.block(x, thw)
+
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, StageTransition):
+            model.layers[i] = Checkpointed(layer)
+
+
+# -------------------------------------------------------------------------------- loading
+def kinetics_like_videos(num: int):
+    from revvideo.synthetic import ShapesSpec, ensure_dataset
+
+    spec = ShapesSpec(num_train=num, num_val=0, frames=300, width=340, height=256, fps=30, seed=7)
+    return ensure_dataset(spec)
+
+
+def _loading_cfg(data_dir: Path, workers: int, rand_augment: bool):
+    import revvideo
+
+    cfg = revvideo.get_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parent.parent / "configs" / "kinetics_revmvit_b_16x4.yaml"))
+    cfg.merge_from_list(["DATA.PATH_TO_DATA_DIR", str(data_dir), "DATA.TEST_SPLIT", "train",
+                         "DATA_LOADER.NUM_WORKERS", workers, "DATA_LOADER.PIN_MEMORY", False,
+                         "AUG.ENABLE", rand_augment, "TRAIN.BATCH_SIZE", 4, "TEST.BATCH_SIZE", 1])
+    return cfg
+
+
+def time_loader(loader, items_per_batch, warmup: int = 1) -> Dict[str, float]:
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start, items = time.perf_counter(), 0
+    for batch in it:
+        items += items_per_batch(batch)
+    seconds = time.perf_counter() - start
+    return {"items": items, "seconds": seconds, "per_s": items / seconds if seconds else float("nan")}
+
+
+def run_loading(args) -> List[dict]:
+    import torch
+
+    from pytorchvideo.data.clip_sampling import RandomClipSampler
+    from pytorchvideo.transforms import ApplyTransformToKey, UniformTemporalSubsample
+    from revvideo.data import (VideoDataset, build_test_dataset, build_test_loader,
+                               build_train_dataset, clip_duration, read_split)
+    from revvideo.transforms import KeepKeys
+
+    torch.set_num_threads(1)
+    data_dir = kinetics_like_videos(args.videos)
+    rows = []
+    for workers in (0, 2):
+        cfg = _loading_cfg(data_dir, workers, False)
+        decode_only = VideoDataset(read_split(cfg, "train").videos, RandomClipSampler(clip_duration(cfg)),
+                                   lambda items: torch.utils.data.RandomSampler(items),
+                                   KeepKeys(ApplyTransformToKey("video", UniformTemporalSubsample(16))))
+        loader = torch.utils.data.DataLoader(decode_only, batch_size=4, num_workers=workers)
+        r = time_loader(loader, lambda b: len(b["label"]))
+        rows.append(dict(pipeline="decode only: random 64-frame clip (16x4), 16 frames kept, 340x256",
+                         workers=workers, unit="clips/s", **r))
+        print(json.dumps(rows[-1]), flush=True)
+        for aug in (False, True):
+            cfg = _loading_cfg(data_dir, workers, aug)
+            dataset = build_train_dataset(cfg)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers)
+            r = time_loader(loader, lambda b: len(b["label"]))
+            rows.append(dict(pipeline="train: 16x4 clip, scale 256-320, crop 224, flip"
+                             + (", RandAugment" if aug else ""), workers=workers, unit="clips/s", **r))
+            print(json.dumps(rows[-1]), flush=True)
+        cfg = _loading_cfg(data_dir, workers, False)
+        loader = build_test_loader(cfg, build_test_dataset(cfg))
+        r = time_loader(loader, lambda b: len(b["label"]))
+        rows.append(dict(pipeline="test: whole video decoded, 5 clips x 1 crop (224)", workers=workers,
+                         unit="videos/s", **r))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------- memory
+def _proc_status_kb(field: str) -> Optional[int]:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _release_heap() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
+    import torch
+
+    import backbones
+    from backbones.memory import saved_tensor_meter
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(0)
+    _, name, rev_backprop = MEMORY_VARIANTS[variant]
+    model = backbones.build(name, rev_backprop=rev_backprop, input_size=(frames, size, size),
+                            head_dropout=0.0)
+    if variant.endswith("_ckpt"):
+        _checkpoint_transitions(model)
+    model.train()
+    x = torch.randn(batch, 3, frames, size, size)
+    y = torch.randint(0, model.cfg.num_classes, (batch,))
+    params = sum(p.numel() for p in model.parameters())
+
+    def step():
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    _release_heap()
+    rss_before = _proc_status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.perf_counter()
+    # the measured step keeps its gradients until the peak is read
+    out = model(x)
+    loss = torch.nn.functional.cross_entropy(out, y)
+    loss.backward()
+    seconds = time.perf_counter() - t0
+    peak = _proc_status_kb("VmHWM")
+    model.zero_grad(set_to_none=True)
+    del out, loss
+    with saved_tensor_meter() as meter:  # exact activation memory of one forward
+        out = model(x)
+    saved = meter.total_bytes
+    peak_mb = (peak - rss_before) * 1024 / MB
+    return dict(variant=variant, label=MEMORY_VARIANTS[variant][0], params=params,
+                peak_mb=peak_mb, peak_minus_grads_mb=peak_mb - params * 4 / MB,
+                saved_mb=saved / MB, step_s=seconds)
+
+
+def run_memory(args) -> List[dict]:
+    rows = []
+    for variant in MEMORY_VARIANTS:
+        runs = []
+        for _ in range(args.repeats):
+            cmd = [sys.executable, __file__, "memory", "--worker", "--variant", variant,
+                   "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+                   "--size", str(args.size)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{variant} failed:\n{proc.stderr[-2000:]}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        row = dict(runs[0])
+        for key in ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s"):
+            row[key] = statistics.median(r[key] for r in runs)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = next(r for r in rows if r["variant"] == "mvit_b_16x4")
+    for r in rows:
+        for key in ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s"):
+            r[key + "_ratio"] = r[key] / base[key]
+    return rows
+
+
+# --------------------------------------------------------------------------------- tables
+def loading_table(rows: List[dict]) -> str:
+    out = ["| pipeline | workers | throughput | items timed |", "|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['pipeline']} | {r['workers']} | {r['per_s']:.2f} {r['unit']} | {r['items']} |")
+    return "\n".join(out)
+
+
+def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
+    out = [f"| model (batch {batch}, {frames}x{size}x{size}) | params | peak MB | vs MViT-B | "
+           "peak MB without grads | vs MViT-B | saved tensors MB | vs MViT-B | step s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['label']} | {r['params'] / 1e6:.1f}M | {r['peak_mb']:.0f} | "
+                   f"{r['peak_mb_ratio']:.2f}x | {r['peak_minus_grads_mb']:.0f} | "
+                   f"{r['peak_minus_grads_mb_ratio']:.2f}x | {r['saved_mb']:.0f} | "
+                   f"{r['saved_mb_ratio']:.2f}x | {r['step_s']:.1f} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["loading", "memory", "all"])
+    p.add_argument("--videos", type=int, default=24, help="videos decoded by the loading benchmark")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=1, help="fresh processes per model (median)")
+    p.add_argument("--out", type=Path, default=Path("output/benchmark_video"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=sorted(MEMORY_VARIANTS), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(run_memory_worker(args.variant, args.batch_size, args.frames, args.size)))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if args.what in ("loading", "all"):
+        results["loading"] = run_loading(args)
+        print("\nData loading (PyAV decoding, 340x256 30 fps H.264 clips):\n" + loading_table(results["loading"]))
+    if args.what in ("memory", "all"):
+        results["memory"] = run_memory(args)
+        print("\nOne training step (forward + cross-entropy + backward):\n"
+              + memory_table(results["memory"], args.batch_size, args.frames, args.size))
+        rev = next(r for r in results["memory"] if r["variant"] == "rev_mvit_b_16x4")
+        print(f"\nRev-MViT-B / MViT-B peak memory: {rev['peak_mb_ratio']:.2f}x "
+              f"({rev['peak_minus_grads_mb_ratio']:.2f}x without gradients; target <= 0.5x: "
+              f"{'met' if rev['peak_mb_ratio'] <= 0.5 else 'not met'})")
+    with open(args.out / "results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
