@@ -108,6 +108,11 @@ _C.DATA.SYNTHETIC.SEED = 0
 _C.DATA_LOADER = CN()
 _C.DATA_LOADER.NUM_WORKERS = 8  # per process
 _C.DATA_LOADER.PIN_MEMORY = True
+# How loader workers start (new workers every epoch). "fork" starts them in milliseconds; it
+# is Linux's default, but processes started by `launch` (spawn) would otherwise spawn their
+# workers too, re-importing everything each epoch. "" = PyTorch's default; "spawn" /
+# "forkserver" switch tensor sharing to the file_system strategy.
+_C.DATA_LOADER.START_METHOD = "fork"
 
 # ----------------------------------------------------------------------- augmentation
 # RandAugment (pytorchvideo's, on the cropped clip) in timm notation: m = magnitude,

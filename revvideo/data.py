@@ -310,10 +310,20 @@ def clip_duration(cfg) -> Fraction:
 
 def _loader_kwargs(cfg) -> Dict[str, Any]:
     workers = cfg.DATA_LOADER.NUM_WORKERS
-    if workers > 0 and torch.multiprocessing.get_start_method(allow_none=True) in ("spawn", "forkserver"):
-        # Workers started by spawn cannot share tensors through file descriptors reliably.
-        torch.multiprocessing.set_sharing_strategy("file_system")
-    return dict(num_workers=workers, pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available())
+    kwargs: Dict[str, Any] = dict(num_workers=workers,
+                                  pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available())
+    if workers > 0:
+        method = cfg.DATA_LOADER.START_METHOD or None
+        if method and method not in torch.multiprocessing.get_all_start_methods():
+            method = None
+        if method:
+            kwargs["multiprocessing_context"] = method
+        effective = method or torch.multiprocessing.get_start_method(allow_none=True) or "fork"
+        if effective != "fork":
+            # Workers started by spawn/forkserver cannot share tensors through file descriptors
+            # reliably here; the file_system strategy works.
+            torch.multiprocessing.set_sharing_strategy("file_system")
+    return kwargs
 
 
 def per_process_batch(total: int, what: str) -> int:

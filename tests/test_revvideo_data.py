@@ -184,3 +184,14 @@ def test_more_than_ten_bad_videos_in_a_row_do_not_stop_the_epoch(shapes_dir, tmp
                            lambda items: torch.utils.data.SequentialSampler(items))
     samples = list(dataset)
     assert [s["label"] for s in samples] == [1]
+
+
+def test_spawned_loader_workers(shapes_dir):
+    """Datasets and transforms pickle into spawned workers (file_system tensor sharing)."""
+    cfg = tiny_cfg(shapes_dir, **{"DATA_LOADER.NUM_WORKERS": 1, "DATA_LOADER.START_METHOD": "spawn"})
+    loop = build_train_loader(cfg)
+    assert loop.loader.multiprocessing_context.get_start_method() == "spawn"
+    assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    batch = next(iter(loop))
+    assert batch["video"].shape == (4, 3, 4, 20, 20)
+    torch.multiprocessing.set_sharing_strategy("file_descriptor")
