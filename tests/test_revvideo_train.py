@@ -172,3 +172,31 @@ def test_kinetics_config_takes_the_released_checkpoint_layout(tmp_path, golden_d
     assert model.cfg.input_size == (16, 224, 224) and model.cfg.reversible
     table = format_results({"top1": 78.0, "top5": 93.0, "videos": 19000, "skipped": 0}, cfg)
     assert "published (REV_MVIT_B_16x4.pyth)" in table and "78.4" in table and "93.4" in table
+
+
+class _Opaque:  # pickled by reference: torch.load(weights_only=True) refuses it
+    pass
+
+
+def test_checkpoints_are_atomic_and_loaded_weights_only(tmp_path, monkeypatch):
+    from revvideo.checkpoint import VideoCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = VideoCheckpointer(model, str(tmp_path))
+    ckpt.save("model_final")
+    good = (tmp_path / "model_final.pth").read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save("model_final")
+    monkeypatch.undo()
+    assert (tmp_path / "model_final.pth").read_bytes() == good  # the previous file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+    torch.save({"model": model.state_dict(), "extra": _Opaque()}, tmp_path / "unsafe.pth")
+    with pytest.raises(RuntimeError, match="refusing to load .*unsafe.pth"):
+        ckpt.load(str(tmp_path / "unsafe.pth"))
