@@ -104,6 +104,7 @@ def time_loader(loader, items_per_batch, warmup: int = 1) -> Dict[str, float]:
 def run_loading(args) -> List[dict]:
     import torch
 
+    import revvideo  # noqa: F401  (first: pytorchvideo's torchvision import fix)
     from pytorchvideo.data.clip_sampling import RandomClipSampler
     from pytorchvideo.transforms import ApplyTransformToKey, UniformTemporalSubsample
     from revvideo.data import (VideoDataset, build_test_dataset, build_test_loader,
