@@ -22,7 +22,6 @@ videos in a row, and no reason is hidden at debug level.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from fractions import Fraction

@@ -25,7 +25,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch.nn.parallel import DistributedDataParallel

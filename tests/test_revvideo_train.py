@@ -200,3 +200,27 @@ def test_checkpoints_are_atomic_and_loaded_weights_only(tmp_path, monkeypatch):
     torch.save({"model": model.state_dict(), "extra": _Opaque()}, tmp_path / "unsafe.pth")
     with pytest.raises(RuntimeError, match="refusing to load .*unsafe.pth"):
         ckpt.load(str(tmp_path / "unsafe.pth"))
+
+
+def test_lr_schedule_is_the_official_warmup_then_cosine():
+    import math
+
+    from revvideo.engine import build_lr_scheduler
+
+    cfg = revvideo.get_cfg()  # BASE_LR 1e-4, warmup 50 of 200 epochs from 1e-6, cosine to 1e-6
+    ipe = 10
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    sched = build_lr_scheduler(cfg, opt, 200 * ipe, 50 * ipe)
+    s = cfg.SOLVER
+
+    def official(epoch):  # PySlowFast get_lr_at_epoch with COSINE_AFTER_WARMUP
+        if epoch < s.WARMUP_EPOCHS:
+            return s.WARMUP_START_LR + epoch * (s.BASE_LR - s.WARMUP_START_LR) / s.WARMUP_EPOCHS
+        t = (epoch - s.WARMUP_EPOCHS) / (s.MAX_EPOCH - s.WARMUP_EPOCHS)
+        return s.COSINE_END_LR + (s.BASE_LR - s.COSINE_END_LR) * (math.cos(math.pi * t) + 1) * 0.5
+
+    for it in range(200 * ipe):
+        if it % 37 == 0:
+            assert opt.param_groups[0]["lr"] == pytest.approx(official(it / ipe), rel=1e-6, abs=1e-12)
+        opt.step()
+        sched.step()
