@@ -102,6 +102,9 @@ def test_train_resume_and_eval_only(tool, kinetics_dir, tmp_path):
     saved = json.loads((ev / "eval_results.json").read_text())
     assert saved["top1"] == pytest.approx(res["top1"]) and saved["videos"] == SPEC.num_val
     assert "| weights" in (ev / "log.txt").read_text() and (ev / "results.md").is_file()
+    # ... the newest checkpoint of a run (--eval-only --resume), ...
+    res3 = run(tool, "--eval-only", "--resume", *opts(kinetics_dir, out))
+    assert res3["top1"] == pytest.approx(res["top1"])
     # ... and through the architecture stored in the checkpoint (MVIT.* overrides ignored)
     res2 = run(tool, "--eval-only", *opts(kinetics_dir, tmp_path / "eval2", **{
         "MODEL.WEIGHTS": out / "model_final.pth", "MODEL.ARCH": "weights", "MVIT.EMBED_DIM": 0,

@@ -100,7 +100,13 @@ def report(cfg, results) -> None:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = build_model(cfg).to(resolve_device(cfg))
+        weights = None  # MODEL.WEIGHTS; with --resume, the newest checkpoint in OUTPUT_DIR
+        tag = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+        if args.resume and os.path.isfile(tag):
+            with open(tag) as f:
+                weights = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+            logger.info(f"--resume: evaluating {weights}")
+        model = build_model(cfg, weights=weights).to(resolve_device(cfg))
         results = evaluate(cfg, model)
     else:
         trainer = Trainer(cfg)
