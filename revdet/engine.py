@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import torch
