@@ -5,14 +5,14 @@ One Mask R-CNN + pyramid training iteration (forward + backward) at the same ima
 for Rev-MViT-B vs MViT-B (Detectron2 FPN) and Rev-ViT-B vs ViT-B (simple feature
 pyramid), each measured in a fresh process (this machine's method, see design.md):
 
-* ``peak MB``: the process's resident high-water mark during the step minus its resident
-  memory just before it (``/proc/self/clear_refs`` reset, ``VmHWM``); parameters, their
-  gradients and optimizer state already exist, so this is the step's working memory;
+* ``peak MB``: the process's resident high-water mark during its first training step
+  minus its resident memory just before it (``/proc/self/clear_refs`` reset, ``VmHWM``),
+  less the fp32 parameter gradients that step allocates: the step's working memory;
   on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the step;
 * ``saved MB``: the activation bytes autograd keeps for backward (each storage counted
   once, parameters excluded), for the whole detector and for the backbone trunk alone
   -- exact and noise-free;
-* ``step s``: median wall time of the measured steps.
+* ``step s``: median wall time of ``--steps`` further steps.
 
     python tools/benchmark_det_memory.py                      # 640x640, batch 1, 3 steps
     python tools/benchmark_det_memory.py --size 800 --batch 2 --steps 2
@@ -135,7 +135,7 @@ def worker(args) -> dict:
     param_storages = {(p.untyped_storage().data_ptr(), p.untyped_storage().nbytes())
                       for p in model.parameters()}
 
-    def step(measure_saved: bool):
+    def step(measure_saved: bool, update: bool = True):
         # Hooks nest (the innermost one packs), so the trunk's tensors go to saved_trunk
         # only; a shared `seen` set counts a storage saved in both parts once.
         saved_all = SavedBytes(exclude=param_storages)
@@ -153,32 +153,40 @@ def worker(args) -> dict:
             sum(losses.values()).backward()
         for h in handles:
             h.remove()
-        opt.step()
+        if update:
+            opt.step()
         opt.zero_grad(set_to_none=False)
         return (saved_all.bytes + saved_trunk.bytes) / 2**20, saved_trunk.bytes / 2**20
 
-    step(False)  # warm-up: gradients and optimizer state now exist
+    # Peak: the first step, in a process that has only built the model and the batch.
+    # (A later step would start from an RSS that still holds the memory the previous step
+    # freed but the allocator kept, and so understate the peak.) The parameter gradients
+    # this first backward allocates are subtracted: they are not activation memory.
+    grad_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_mb()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    step(False, update=False)
+    if cuda:
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 - grad_mb
+    else:
+        peak = _hwm_mb() - base - grad_mb
     saved = step(True)
-    peaks, times = [], []
+    times = []
     for _ in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            base = _rss_mb()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
         t = time.perf_counter()
         step(False)
         if cuda:
             torch.cuda.synchronize()
-            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
-        else:
-            peaks.append(_hwm_mb() - base)
         times.append(time.perf_counter() - t)
     return {"variant": args.variant, "size": args.size, "batch": args.batch,
-            "trunk_params_M": params / 1e6, "peak_mb": statistics.median(peaks),
+            "trunk_params_M": params / 1e6, "peak_mb": peak,
             "step_s": statistics.median(times), "saved_mb": saved[0], "saved_trunk_mb": saved[1],
             "threads": torch.get_num_threads()}
 
