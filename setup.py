@@ -48,6 +48,7 @@ setup(
             "omegaconf>=2.1,<2.4",
             "hydra-core>=1.1",
             "Pillow>=7.1",
+            "shapely>=2.0",  # polygon mask cropping in the COCO recipe
             "packaging",
         ],
         # revvideo: Kinetics data loading and decoding.

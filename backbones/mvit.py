@@ -105,6 +105,10 @@ def plan_layers(cfg: ModelConfig) -> List[LayerSpec]:
             raise ValueError(f"layer {i}: width {dim_out} is not divisible by {heads} heads")
         changes = q_stride is not None or i in dim_mul or i in head_mul
         if cfg.reversible and changes:
+            if not specs or specs[-1].kind == "transition":
+                raise ValueError(f"layer {i} changes resolution or width right after "
+                                 f"{'the patch embedding' if not specs else f'layer {i - 1}'}; a "
+                                 "reversible model needs a reversible block before each transition")
             dim_in = 2 * dim if cfg.fusion.startswith("concat") else dim
             specs.append(LayerSpec("transition", dim_in, dim_out, heads, q_stride, kv_stride, dpr[i]))
         else:

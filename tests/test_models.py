@@ -126,6 +126,14 @@ def test_embed_dim_not_divisible_by_heads():
         backbones.build("rev_vit_s", embed_dim=100)
 
 
+@pytest.mark.parametrize("strides,layer", [([[1, 1, 2, 2], [2, 1, 2, 2]], "layer 2 .* after layer 1"),
+                                           ([[0, 1, 2, 2]], "layer 0 .* after the patch embedding")])
+def test_reversible_stage_without_reversible_block_is_refused(strides, layer):
+    with pytest.raises(ValueError, match=layer):
+        backbones.build("rev_mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])
+    backbones.build("mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])  # twin: fine
+
+
 def test_layer_index_beyond_depth():
     with pytest.raises(ValueError, match="names layer 14, but depth=8"):
         backbones.build("rev_mvit_b", depth=8)
