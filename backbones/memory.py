@@ -1,20 +1,33 @@
-"""Exact activation memory: the bytes autograd keeps for backward during a forward."""
+"""Measuring memory: the bytes autograd keeps for backward, and the process's peak RSS.
+
+Used by the tests and the benchmark scripts, so every number in the README is measured
+the same way (see design.md, "Measuring").
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class SavedTensorMeter:
     """Sum of the distinct storages saved for backward (``total_bytes``) while active."""
 
-    def __init__(self):
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+        self.excluded = {t.untyped_storage().data_ptr() for t in exclude}
         self.storages = {}
 
     def _pack(self, tensor):
-        storage = tensor.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+            return tensor
+        if storage.data_ptr() not in self.excluded:
+            self.storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     @property
@@ -23,14 +36,61 @@ class SavedTensorMeter:
 
 
 @contextlib.contextmanager
-def saved_tensor_meter() -> Iterator[SavedTensorMeter]:
-    """``with saved_tensor_meter() as m: loss = model(x)...``; then read ``m.total_bytes``.
+def saved_tensor_meter(exclude: Iterable[torch.Tensor] = ()) -> Iterator[SavedTensorMeter]:
+    """``with saved_tensor_meter(model.parameters()) as m: loss = model(x)...``; then read
+    ``m.total_bytes``.
 
     Covers everything autograd stores, including what reversible segments save; each
-    storage is counted once however many tensors view it.
+    storage is counted once however many tensors view it; storages of ``exclude`` (usually
+    the parameters, which are not activations) are not counted.
     """
-    meter = SavedTensorMeter()
-    import torch
-
+    meter = SavedTensorMeter(exclude)
     with torch.autograd.graph.saved_tensors_hooks(meter._pack, lambda t: t):
         yield meter
+
+
+def proc_status_mb(field: str) -> Optional[float]:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux). ``ru_maxrss`` cannot be reset and is
+    inherited across ``exec``, so it is no use for one step's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Checkpointed(nn.Module):
+    """A ``(x, thw)`` layer recomputed in backward (non-reentrant ``torch.utils.checkpoint``)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, thw):
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(self.layer, x, thw, use_reentrant=False)
+        return self.layer(x, thw)
+
+
+def checkpoint_layers(model: nn.Module, select: Callable[[nn.Module], bool]) -> int:
+    """Wrap the selected non-reversible layers of a ``backbones.MViT`` in ``Checkpointed``
+    (activation checkpointing, for comparisons). Returns how many were wrapped."""
+    count = 0
+    for i, layer in enumerate(model.layers):
+        if select(layer):
+            model.layers[i] = Checkpointed(layer)
+            count += 1
+    return count

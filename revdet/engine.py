@@ -21,6 +21,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from backbones.memory import proc_status_mb, reset_peak_rss
+
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer,
                                TrainerBase, create_ddp_model)
@@ -37,32 +39,6 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ memory
-def _proc_status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark of this process (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> Optional[float]:
-    kb = _proc_status_kb("VmHWM")
-    return None if kb is None else kb / 1024.0
-
-
 class PeakMemory(HookBase):
     """Puts ``peak_mem_mb`` into the event storage after every iteration.
 
@@ -80,7 +56,7 @@ class PeakMemory(HookBase):
             reset_peak_rss()
 
     def after_step(self):
-        value = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb())
+        value = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda else proc_status_mb("VmHWM"))
         if value is not None:
             self.trainer.storage.put_scalar("peak_mem_mb", value, smoothing_hint=False)
 

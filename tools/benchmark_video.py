@@ -48,29 +48,6 @@ MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop)
 }
 
 
-def _checkpoint_transitions(model) -> None:
-    """Run each non-reversible stage transition under non-reentrant activation checkpointing
-    when training (a wrapper; backbones/ is untouched)."""
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    from backbones.blocks import StageTransition
-
-    class Checkpointed(torch.nn.Module):
-        def __init__(self, block):
-            super().__init__()
-            self.block = block
-
-        def forward(self, x, thw):
-            if self.training and torch.is_grad_enabled():
-                return checkpoint(self.block, x, thw, use_reentrant=False)
-            return self.block(x, thw)
-
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, StageTransition):
-            model.layers[i] = Checkpointed(layer)
-
-
 # -------------------------------------------------------------------------------- loading
 def kinetics_like_videos(num: int):
     from revvideo.synthetic import ShapesSpec, ensure_dataset
@@ -142,14 +119,6 @@ def run_loading(args) -> List[dict]:
 
 
 # --------------------------------------------------------------------------------- memory
-def _proc_status_kb(field: str) -> Optional[int]:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def _release_heap() -> None:
     gc.collect()
     try:
@@ -162,7 +131,8 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
     import torch
 
     import backbones
-    from backbones.memory import saved_tensor_meter
+    from backbones.blocks import StageTransition
+    from backbones.memory import checkpoint_layers, proc_status_mb, reset_peak_rss, saved_tensor_meter
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(0)
@@ -170,7 +140,7 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
     model = backbones.build(name, rev_backprop=rev_backprop, input_size=(frames, size, size),
                             head_dropout=0.0)
     if variant.endswith("_ckpt"):
-        _checkpoint_transitions(model)
+        checkpoint_layers(model, lambda layer: isinstance(layer, StageTransition))
     model.train()
     x = torch.randn(batch, 3, frames, size, size)
     y = torch.randint(0, model.cfg.num_classes, (batch,))
@@ -184,22 +154,21 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
 
     step()  # warm-up
     _release_heap()
-    rss_before = _proc_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    rss_before = proc_status_mb("VmRSS")
+    reset_peak_rss()
     t0 = time.perf_counter()
     # the measured step keeps its gradients until the peak is read
     out = model(x)
     loss = torch.nn.functional.cross_entropy(out, y)
     loss.backward()
     seconds = time.perf_counter() - t0
-    peak = _proc_status_kb("VmHWM")
+    peak = proc_status_mb("VmHWM")
     model.zero_grad(set_to_none=True)
     del out, loss
     with saved_tensor_meter() as meter:  # exact activation memory of one forward
         out = model(x)
     saved = meter.total_bytes
-    peak_mb = (peak - rss_before) * 1024 / MB
+    peak_mb = (peak - rss_before) * 2**20 / MB
     return dict(variant=variant, label=MEMORY_VARIANTS[variant][0], params=params,
                 peak_mb=peak_mb, peak_minus_grads_mb=peak_mb - params * 4 / MB,
                 saved_mb=saved / MB, step_s=seconds)
