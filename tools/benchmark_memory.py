@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Training-step memory and speed: Rev-ViT-B vs ViT-B vs ViT-B with activation checkpointing.
+
+    python tools/benchmark_memory.py                      # depths 12 24 48, batch 4, 224x224
+    python tools/benchmark_memory.py --quick              # tiny settings (make demo)
+    python tools/benchmark_memory.py --depths 12 24 --batch-size 8 --out output/bench
+
+Every (model, depth) runs in a fresh process (this script with the hidden ``--worker`` flag,
+which prints one JSON line), so one configuration's allocations cannot inflate another's
+peak. Per configuration it measures, on the CPU with 2 threads:
+
+* saved-tensor memory: the bytes of every tensor stored for backward during the forward,
+  caught with ``torch.autograd.graph.saved_tensors_hooks`` (this includes what the
+  reversible Function keeps via ``save_for_backward`` and the block inputs that
+  non-reentrant checkpointing keeps), each storage counted once, parameters excluded;
+* the median step time over ``--steps`` steps after one warm-up step;
+* peak process memory of one more training step above the RSS just before it
+  (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
+  once more with glibc returning every freed block >= 64 KiB to the OS at once (the
+  default allocator's retained heap adds noise that grows with the parameter count).
+
+A training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``;
+there is no optimizer step (it costs the same for all three models and no extra memory
+for plain SGD). Absolute numbers are noisy on a small machine: compare the ratios, which
+are measured in the same run. Writes ``results.json`` and ``memory_vs_depth.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+MB = 1e6
+BASELINE = "vit_b"
+VARIANTS = {  # key -> (label, zoo name, checkpoint every block)
+    "vit_b": ("ViT-B", "vit_b", False),
+    "vit_b_ckpt": ("ViT-B + checkpointing", "vit_b", True),
+    "rev_vit_b": ("Rev-ViT-B", "rev_vit_b", False),
+}
+
+
+# --------------------------------------------------------------------------- worker side
+def _checkpoint_blocks(model) -> None:
+    """Run every block of a plain ViT under non-reentrant ``torch.utils.checkpoint`` when
+    training, by wrapping it (backbones/ stays untouched; torch is imported lazily so the
+    driver process stays light)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self, block: torch.nn.Module):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x, thw):
+            if self.training and torch.is_grad_enabled():
+                return checkpoint(self.block, x, thw, use_reentrant=False)
+            return self.block(x, thw)
+
+    for i, block in enumerate(model.layers):
+        model.layers[i] = Checkpointed(block)
+
+
+class SavedTensorMeter:
+    """Sums the storage bytes of tensors autograd saves for backward while active.
+
+    Each storage counts once (views of one buffer share it); parameters are not
+    activations and are skipped. Saved tensors stay alive until backward, so a storage
+    address cannot be reused by another saved tensor within one forward.
+    """
+
+    def __init__(self, params):
+        self.param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self.storages: Dict[int, int] = {}
+
+    def _pack(self, t):
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+            return t
+        ptr = storage.data_ptr()
+        if ptr not in self.param_ptrs:
+            self.storages[ptr] = storage.nbytes()
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __call__(self):
+        import torch
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux). ``ru_maxrss`` can't be reset and is inherited."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
+def _release_free_heap() -> None:
+    """Hand memory freed by earlier steps back to the OS, so the RSS before the measured
+    step holds only live data and the step cannot hide its peak in retained free pages."""
+    gc.collect()
+    with contextlib.suppress(AttributeError):
+        _libc().malloc_trim(0)
+
+
+def _mmap_large_allocations() -> bool:
+    """Serve every allocation >= 64 KiB by mmap (glibc ``M_MMAP_THRESHOLD``), so freed
+    tensors go straight back to the OS. By default glibc raises that threshold up to 32 MiB
+    as big blocks are freed and then keeps freed blocks in its heap; the RSS then also
+    counts heap fragmentation, which grows with the number of parameter tensors."""
+    with contextlib.suppress(AttributeError):
+        return _libc().mallopt(-3, 64 * 1024) == 1  # -3 is M_MMAP_THRESHOLD
+    return False
+
+
+def _step_peak_bytes(step) -> Optional[int]:
+    """Peak RSS of one ``step()`` above the RSS just before it."""
+    _release_free_heap()
+    if not _reset_peak_rss():
+        return None
+    before = _proc_status_kb("VmRSS")
+    step()
+    hwm = _proc_status_kb("VmHWM")
+    return None if before is None or hwm is None else (hwm - before) * 1024
+
+
+def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import backbones
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    label, zoo_name, use_checkpoint = VARIANTS[variant]
+    model = backbones.build(zoo_name, rev_backprop=True, depth=depth,
+                            input_size=(img_size, img_size)).train()
+    if use_checkpoint:
+        _checkpoint_blocks(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_bytes = sum(p.numel() * p.element_size() for p in params)
+    images = torch.randn(batch_size, 3, img_size, img_size)
+    labels = torch.randint(0, model.cfg.num_classes, (batch_size,))
+
+    def step(hooks=contextlib.nullcontext()):
+        with hooks:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    meter = SavedTensorMeter(params)
+    step(meter())  # warm-up, counting saved tensors
+
+    times, cpu_times = [], []  # timed with the default allocator, as users run
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
+
+    peak = _step_peak_bytes(step)
+    peak_mmap = _step_peak_bytes(step) if _mmap_large_allocations() else None
+
+    def mb(nbytes, minus=0):
+        return None if nbytes is None else (nbytes - minus) / MB
+
+    return {
+        "variant": variant, "label": label, "depth": depth,
+        "reversible_backprop": bool(getattr(model, "rev_backprop", False) and model.cfg.reversible),
+        "params_m": sum(p.numel() for p in params) / 1e6,
+        "saved_mb": meter.nbytes / MB,
+        "grad_mb": grad_bytes / MB,
+        "peak_mb": mb(peak),
+        "peak_above_grads_mb": mb(peak, grad_bytes),
+        "peak_mmap_mb": mb(peak_mmap),
+        "peak_mmap_above_grads_mb": mb(peak_mmap, grad_bytes),
+        "step_s": statistics.median(times),
+        "step_min_s": min(times),
+        "step_times_s": times,
+        # CPU seconds of both threads: much less sensitive than wall time to other
+        # processes competing for the cores (libgomp threads sleep rather than spin).
+        "step_cpu_s": statistics.median(cpu_times),
+    }
+
+
+# --------------------------------------------------------------------------- driver side
+def run_config(variant: str, depth: int, args) -> dict:
+    """Run one configuration in a fresh interpreter and parse its JSON line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
+           "--depth", str(depth), "--batch-size", str(args.batch_size),
+           "--img-size", str(args.img_size), "--steps", str(args.steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"variant": variant, "label": VARIANTS[variant][0], "depth": depth,
+                "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
+def add_ratios(results: List[dict]) -> None:
+    """Ratios within this run: vs ViT-B at the same depth, and vs the model's smallest depth."""
+    ok = [r for r in results if "error" not in r]
+    base = {r["depth"]: r for r in ok if r["variant"] == BASELINE}
+    smallest = {}
+    for r in sorted(ok, key=lambda r: r["depth"]):
+        smallest.setdefault(r["variant"], r)
+    for r in ok:
+        b, s = base.get(r["depth"]), smallest[r["variant"]]
+        r["step_vs_vit_b"] = r["step_s"] / b["step_s"] if b else None
+        r["cpu_vs_vit_b"] = r["step_cpu_s"] / b["step_cpu_s"] if b else None
+        r["saved_vs_vit_b"] = r["saved_mb"] / b["saved_mb"] if b else None
+        r["saved_vs_smallest_depth"] = r["saved_mb"] / s["saved_mb"]
+
+
+def check_targets(results: List[dict], depths: List[int]) -> List[dict]:
+    """The project's goals for Rev-ViT-B, evaluated on this run's numbers."""
+    by = {(r["variant"], r["depth"]): r for r in results if "error" not in r}
+    lo, hi = min(depths), max(depths)
+    targets = []
+
+    def add(name, value, limit, met):
+        targets.append({"target": name, "value": value, "limit": limit,
+                        "met": None if value is None else bool(met)})
+
+    rev_lo, rev_hi, vit_lo = by.get(("rev_vit_b", lo)), by.get(("rev_vit_b", hi)), by.get(("vit_b", lo))
+    v = rev_hi["saved_mb"] / rev_lo["saved_mb"] if rev_lo and rev_hi else None
+    add(f"Rev-ViT-B saved tensors, depth {hi} / depth {lo} <= 1.05", v, 1.05, v is not None and v <= 1.05)
+    v = rev_lo["saved_mb"] / vit_lo["saved_mb"] if rev_lo and vit_lo else None
+    add(f"Rev-ViT-B / ViT-B saved tensors at depth {lo} <= 1/6", v, 1 / 6, v is not None and v <= 1 / 6)
+    for d in depths:
+        rev, vit, ckpt = by.get(("rev_vit_b", d)), by.get(("vit_b", d)), by.get(("vit_b_ckpt", d))
+        v = rev["step_s"] / vit["step_s"] if rev and vit else None
+        add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4", v, 1.4, v is not None and v <= 1.4)
+        v = rev["step_s"] / ckpt["step_s"] if rev and ckpt else None
+        add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1)", v, 1.0,
+            v is not None and v < 1.0)
+    return targets
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(results: List[dict]) -> None:
+    headers = ["model", "depth", "params M", "step s", "step vs ViT-B", "CPU vs ViT-B", "saved MB",
+               "saved vs ViT-B", "saved vs min depth", "peak MB", "peak-grads MB",
+               "peak-grads MB (mmap)"]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 9)
+            continue
+        rows.append([r["label"], r["depth"], _fmt(r["params_m"], ".1f"), _fmt(r["step_s"], ".2f"),
+                     _fmt(r["step_vs_vit_b"], ".2f"), _fmt(r["cpu_vs_vit_b"], ".2f"),
+                     _fmt(r["saved_mb"], ".1f"),
+                     _fmt(r["saved_vs_vit_b"], ".3f"), _fmt(r["saved_vs_smallest_depth"], ".2f"),
+                     _fmt(r["peak_mb"], ".0f"), _fmt(r["peak_above_grads_mb"], ".0f"),
+                     _fmt(r["peak_mmap_above_grads_mb"], ".0f")])
+    try:
+        from tabulate import tabulate
+        print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    except ImportError:
+        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+        for i, row in enumerate([headers] + rows):
+            print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+            if i == 0:
+                print("-+-".join("-" * w for w in widths))
+
+
+def plot(results: List[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; skipping the plot")
+        return False
+    panels = [("saved_mb", "saved tensors (MB, log)", True),
+              ("peak_mmap_above_grads_mb", "step peak - grads, mmap malloc (MB)", False),
+              ("step_s", "step time (s)", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    for ax, (key, title, log) in zip(axes, panels):
+        for variant, (label, _, _) in VARIANTS.items():
+            pts = sorted((r["depth"], r[key]) for r in results
+                         if r["variant"] == variant and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("depth (blocks)")
+        ax.set_xticks(sorted({r["depth"] for r in results}))
+        if log:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depths", type=int, nargs="+", default=[12, 24, 48])
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for smoke tests: depths 4 8, 112x112, batch 2, 2 steps")
+    p.add_argument("--out", type=Path, default=Path("output/benchmark_memory"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--depth", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(run_worker(args.variant, args.depth, args.batch_size, args.img_size,
+                                    args.steps)), flush=True)
+        return 0
+    if args.quick:
+        args.depths, args.img_size, args.batch_size, args.steps = [4, 8], 112, 2, 2
+    if min(args.depths) < 1 or args.batch_size < 1 or args.steps < 1:
+        p.error("depths, --batch-size and --steps must be positive")
+    depths = sorted(set(args.depths))
+
+    print(f"batch {args.batch_size}, {args.img_size}x{args.img_size}, depths {depths}, "
+          f"median of {args.steps} steps after 1 warm-up, 2 threads, one process per row")
+    configs = [(v, d) for d in depths for v in VARIANTS]
+    results, start = [], time.time()
+    for i, (variant, depth) in enumerate(configs, 1):
+        t0 = time.time()
+        r = run_config(variant, depth, args)
+        r["load_avg_1min"] = os.getloadavg()[0]  # our 2 threads count too
+        status = r["error"] if "error" in r else f"{r['step_s']:.2f} s/step"
+        print(f"[{i}/{len(configs)}] {VARIANTS[variant][0]:<22} depth {depth:<3} "
+              f"{status} ({time.time() - t0:.0f} s, total {time.time() - start:.0f} s)", flush=True)
+        results.append(r)
+
+    add_ratios(results)
+    targets = check_targets(results, depths)
+    print()
+    print_table(results)
+    print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median\n"
+          "wall time); CPU: the same ratio in process CPU time, less sensitive to a busy machine.\n"
+          "saved: tensors kept for backward during the forward, parameters excluded.\n"
+          "peak: VmHWM - VmRSS before one step; -grads: minus the fp32 parameter gradients;\n"
+          "(mmap): again with glibc serving allocations >= 64 KiB by mmap, i.e. without the\n"
+          "heap fragmentation that the default allocator adds to the RSS.")
+    busiest = max(r["load_avg_1min"] for r in results)
+    if busiest > (os.cpu_count() or 2) + 0.5:
+        print(f"\nwarning: other processes competed for the CPU (1-min load average up to "
+              f"{busiest:.1f} on {os.cpu_count()} cores); step times are noisier than usual.")
+    print("\ntargets:")
+    for t in targets:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        print(f"  [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {"depths": depths, "batch_size": args.batch_size, "img_size": args.img_size,
+                "steps": args.steps, "warmup_steps": 1, "threads": 2, "quick": args.quick,
+                "optimizer": "none (zero_grad(set_to_none=True) only)"}
+    with contextlib.suppress(ImportError):
+        import torch
+        settings["torch"] = torch.__version__
+    with open(args.out / "results.json", "w") as f:
+        json.dump({"settings": settings, "results": results, "targets": targets}, f, indent=2)
+    print(f"\nwrote {args.out / 'results.json'}")
+    if plot(results, args.out / "memory_vs_depth.png"):
+        print(f"wrote {args.out / 'memory_vs_depth.png'}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
