@@ -9,10 +9,8 @@ Classification ends in LayerNorm -> mean over tokens -> dropout -> linear.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn

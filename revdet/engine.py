@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
