@@ -10,14 +10,16 @@ which prints one JSON line), so one configuration's allocations cannot inflate a
 peak. Per configuration it measures, on the CPU with 2 threads:
 
 * saved-tensor memory: the bytes of every tensor stored for backward during the forward,
-  caught with ``torch.autograd.graph.saved_tensors_hooks`` (this includes what the
-  reversible Function keeps via ``save_for_backward`` and the block inputs that
-  non-reentrant checkpointing keeps), each storage counted once, parameters excluded;
+  caught with ``torch.autograd.graph.saved_tensors_hooks`` (``backbones.memory``; this
+  includes what the reversible Function keeps via ``save_for_backward`` and the block
+  inputs that non-reentrant checkpointing keeps), each storage counted once, parameters
+  excluded;
 * the median step time over ``--steps`` steps after one warm-up step;
 * peak process memory of one more training step above the RSS just before it
   (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
-  once more with glibc returning every freed block >= 64 KiB to the OS at once (the
-  default allocator's retained heap adds noise that grows with the parameter count).
+  again in a second fresh process in which glibc returns every freed block >= 64 KiB to
+  the OS at once (with the default allocator the RSS also counts heap fragmentation,
+  which grows with depth and blurs the comparison).
 
 A training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``;
 there is no optimizer step (it costs the same for all three models and no extra memory
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
@@ -52,119 +54,34 @@ VARIANTS = {  # key -> (label, zoo name, checkpoint every block)
 
 
 # --------------------------------------------------------------------------- worker side
-def _checkpoint_blocks(model) -> None:
-    """Run every block of a plain ViT under non-reentrant ``torch.utils.checkpoint`` when
-    training, by wrapping it (backbones/ stays untouched; torch is imported lazily so the
-    driver process stays light)."""
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    class Checkpointed(torch.nn.Module):
-        def __init__(self, block: torch.nn.Module):
-            super().__init__()
-            self.block = block
-
-        def forward(self, x, thw):
-            if self.training and torch.is_grad_enabled():
-                return checkpoint(self.block, x, thw, use_reentrant=False)
-            return self.block(x, thw)
-
-    for i, block in enumerate(model.layers):
-        model.layers[i] = Checkpointed(block)
-
-
-class SavedTensorMeter:
-    """Sums the storage bytes of tensors autograd saves for backward while active.
-
-    Each storage counts once (views of one buffer share it); parameters are not
-    activations and are skipped. Saved tensors stay alive until backward, so a storage
-    address cannot be reused by another saved tensor within one forward.
-    """
-
-    def __init__(self, params):
-        self.param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-        self.storages: Dict[int, int] = {}
-
-    def _pack(self, t):
-        try:
-            storage = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
-            return t
-        ptr = storage.data_ptr()
-        if ptr not in self.param_ptrs:
-            self.storages[ptr] = storage.nbytes()
-        return t
-
-    @property
-    def nbytes(self) -> int:
-        return sum(self.storages.values())
-
-    def __call__(self):
-        import torch
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-
-def _proc_status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux). ``ru_maxrss`` can't be reset and is inherited."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _libc():
-    with contextlib.suppress(OSError):
-        return ctypes.CDLL("libc.so.6")
-    return None
-
-
 def _release_free_heap() -> None:
     """Hand memory freed by earlier steps back to the OS, so the RSS before the measured
     step holds only live data and the step cannot hide its peak in retained free pages."""
     gc.collect()
-    with contextlib.suppress(AttributeError):
-        _libc().malloc_trim(0)
-
-
-def _mmap_large_allocations() -> bool:
-    """Serve every allocation >= 64 KiB by mmap (glibc ``M_MMAP_THRESHOLD``), so freed
-    tensors go straight back to the OS. By default glibc raises that threshold up to 32 MiB
-    as big blocks are freed and then keeps freed blocks in its heap; the RSS then also
-    counts heap fragmentation, which grows with the number of parameter tensors."""
-    with contextlib.suppress(AttributeError):
-        return _libc().mallopt(-3, 64 * 1024) == 1  # -3 is M_MMAP_THRESHOLD
-    return False
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _step_peak_bytes(step) -> Optional[int]:
     """Peak RSS of one ``step()`` above the RSS just before it."""
+    from backbones.memory import proc_status_mb, reset_peak_rss
+
     _release_free_heap()
-    if not _reset_peak_rss():
+    if not reset_peak_rss():
         return None
-    before = _proc_status_kb("VmRSS")
+    before = proc_status_mb("VmRSS")
     step()
-    hwm = _proc_status_kb("VmHWM")
-    return None if before is None or hwm is None else (hwm - before) * 1024
+    hwm = proc_status_mb("VmHWM")
+    return None if before is None or hwm is None else round((hwm - before) * 2**20)
 
 
 def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: int) -> dict:
+    """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
     import torch
     import torch.nn.functional as F
 
     import backbones
+    from backbones.memory import checkpoint_layers, saved_tensor_meter
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -172,66 +89,75 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     model = backbones.build(zoo_name, rev_backprop=True, depth=depth,
                             input_size=(img_size, img_size)).train()
     if use_checkpoint:
-        _checkpoint_blocks(model)
+        checkpoint_layers(model, lambda layer: True)  # every block, non-reentrant
     params = [p for p in model.parameters() if p.requires_grad]
     grad_bytes = sum(p.numel() * p.element_size() for p in params)
     images = torch.randn(batch_size, 3, img_size, img_size)
     labels = torch.randint(0, model.cfg.num_classes, (batch_size,))
 
-    def step(hooks=contextlib.nullcontext()):
-        with hooks:
+    def step(measure_saved: bool = False):
+        # Only the forward is metered: the reversible backward saves tensors transiently
+        # while it recomputes each block, and those are not kept activations.
+        meter = saved_tensor_meter(exclude=params) if measure_saved else contextlib.nullcontext()
+        with meter as saved:
             loss = F.cross_entropy(model(images), labels)
         loss.backward()
         model.zero_grad(set_to_none=True)
+        return saved
 
-    meter = SavedTensorMeter(params)
-    step(meter())  # warm-up, counting saved tensors
+    saved_bytes = step(measure_saved=True).total_bytes  # the warm-up step
 
-    times, cpu_times = [], []  # timed with the default allocator, as users run
+    times = []
     for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - start_cpu)
 
     peak = _step_peak_bytes(step)
-    peak_mmap = _step_peak_bytes(step) if _mmap_large_allocations() else None
-
-    def mb(nbytes, minus=0):
-        return None if nbytes is None else (nbytes - minus) / MB
 
     return {
         "variant": variant, "label": label, "depth": depth,
         "reversible_backprop": bool(getattr(model, "rev_backprop", False) and model.cfg.reversible),
         "params_m": sum(p.numel() for p in params) / 1e6,
-        "saved_mb": meter.nbytes / MB,
+        "saved_mb": saved_bytes / MB,
         "grad_mb": grad_bytes / MB,
-        "peak_mb": mb(peak),
-        "peak_above_grads_mb": mb(peak, grad_bytes),
-        "peak_mmap_mb": mb(peak_mmap),
-        "peak_mmap_above_grads_mb": mb(peak_mmap, grad_bytes),
-        "step_s": statistics.median(times),
-        "step_min_s": min(times),
+        "peak_mb": None if peak is None else peak / MB,
+        "peak_above_grads_mb": None if peak is None else (peak - grad_bytes) / MB,
+        "step_s": statistics.median(times) if times else None,
         "step_times_s": times,
-        # CPU seconds of both threads: much less sensitive than wall time to other
-        # processes competing for the cores (libgomp threads sleep rather than spin).
-        "step_cpu_s": statistics.median(cpu_times),
     }
 
 
 # --------------------------------------------------------------------------- driver side
-def run_config(variant: str, depth: int, args) -> dict:
-    """Run one configuration in a fresh interpreter and parse its JSON line."""
+# glibc serves allocations >= 64 KiB by mmap and unmaps them when freed. By default it raises
+# that threshold to up to 32 MiB as large blocks are freed and then recycles freed blocks from
+# its heap, whose resident pages then also count fragmentation (here it grows with depth).
+# Only an environment variable fixes the threshold from process start.
+MMAP_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+
+
+def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
            "--depth", str(depth), "--batch-size", str(args.batch_size),
-           "--img-size", str(args.img_size), "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "--img-size", str(args.img_size), "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return {"variant": variant, "label": VARIANTS[variant][0], "depth": depth,
                 "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
+
+
+def run_config(variant: str, depth: int, args) -> dict:
+    """One configuration: a fresh process with the default allocator (time, saved tensors,
+    peak), then a fresh memory-only process with large blocks always mmapped (peak)."""
+    r = _run_worker_process(variant, depth, args, args.steps)
+    if "error" not in r:
+        m = _run_worker_process(variant, depth, args, 0, MMAP_MALLOC_ENV)
+        r["peak_mmap_mb"] = m.get("peak_mb")
+        r["peak_mmap_above_grads_mb"] = m.get("peak_above_grads_mb")
+    return r
 
 
 def add_ratios(results: List[dict]) -> None:
@@ -244,7 +170,6 @@ def add_ratios(results: List[dict]) -> None:
     for r in ok:
         b, s = base.get(r["depth"]), smallest[r["variant"]]
         r["step_vs_vit_b"] = r["step_s"] / b["step_s"] if b else None
-        r["cpu_vs_vit_b"] = r["step_cpu_s"] / b["step_cpu_s"] if b else None
         r["saved_vs_vit_b"] = r["saved_mb"] / b["saved_mb"] if b else None
         r["saved_vs_smallest_depth"] = r["saved_mb"] / s["saved_mb"]
 
@@ -279,20 +204,19 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(results: List[dict]) -> None:
-    headers = ["model", "depth", "params M", "step s", "step vs ViT-B", "CPU vs ViT-B", "saved MB",
+    headers = ["model", "depth", "params M", "step s", "step vs ViT-B", "saved MB",
                "saved vs ViT-B", "saved vs min depth", "peak MB", "peak-grads MB",
                "peak-grads MB (mmap)"]
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 9)
+            rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 8)
             continue
         rows.append([r["label"], r["depth"], _fmt(r["params_m"], ".1f"), _fmt(r["step_s"], ".2f"),
-                     _fmt(r["step_vs_vit_b"], ".2f"), _fmt(r["cpu_vs_vit_b"], ".2f"),
-                     _fmt(r["saved_mb"], ".1f"),
+                     _fmt(r["step_vs_vit_b"], ".2f"), _fmt(r["saved_mb"], ".1f"),
                      _fmt(r["saved_vs_vit_b"], ".3f"), _fmt(r["saved_vs_smallest_depth"], ".2f"),
                      _fmt(r["peak_mb"], ".0f"), _fmt(r["peak_above_grads_mb"], ".0f"),
-                     _fmt(r["peak_mmap_above_grads_mb"], ".0f")])
+                     _fmt(r.get("peak_mmap_above_grads_mb"), ".0f")])
     try:
         from tabulate import tabulate
         print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
@@ -328,7 +252,7 @@ def plot(results: List[dict], path: Path) -> bool:
         if log:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-    axes[0].legend()
+    axes[-1].legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -342,7 +266,7 @@ def main(argv=None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for smoke tests: depths 4 8, 112x112, batch 2, 2 steps")
+                   help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps")
     p.add_argument("--out", type=Path, default=Path("output/benchmark_memory"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
@@ -354,7 +278,7 @@ def main(argv=None) -> int:
                                     args.steps)), flush=True)
         return 0
     if args.quick:
-        args.depths, args.img_size, args.batch_size, args.steps = [4, 8], 112, 2, 2
+        args.depths, args.img_size, args.batch_size, args.steps = [2, 4], 112, 2, 2
     if min(args.depths) < 1 or args.batch_size < 1 or args.steps < 1:
         p.error("depths, --batch-size and --steps must be positive")
     depths = sorted(set(args.depths))
@@ -376,12 +300,11 @@ def main(argv=None) -> int:
     targets = check_targets(results, depths)
     print()
     print_table(results)
-    print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median\n"
-          "wall time); CPU: the same ratio in process CPU time, less sensitive to a busy machine.\n"
+    print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median).\n"
           "saved: tensors kept for backward during the forward, parameters excluded.\n"
           "peak: VmHWM - VmRSS before one step; -grads: minus the fp32 parameter gradients;\n"
-          "(mmap): again with glibc serving allocations >= 64 KiB by mmap, i.e. without the\n"
-          "heap fragmentation that the default allocator adds to the RSS.")
+          "(mmap): in another fresh process with MALLOC_MMAP_THRESHOLD_=65536, i.e. without\n"
+          "the fragmentation that glibc's default heap adds to the RSS.")
     busiest = max(r["load_avg_1min"] for r in results)
     if busiest > (os.cpu_count() or 2) + 0.5:
         print(f"\nwarning: other processes competed for the CPU (1-min load average up to "
