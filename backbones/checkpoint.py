@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -482,15 +482,17 @@ def save_checkpoint(path: PathLike, model: Union[nn.Module, Mapping[str, torch.T
     atomic_save(payload, path)
 
 
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``:
-    an interrupted write never leaves a partial file under the final name."""
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(binary_file)`` into a temporary file in the same folder,
+    then rename it into place: an interrupted write never leaves a partial file under the
+    final name, and the previous file stays intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -498,3 +500,14 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` through ``atomic_write``."""
+    atomic_write(path, lambda f: torch.save(obj, f))

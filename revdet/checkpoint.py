@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
-from backbones.checkpoint import read_state_dict
+from backbones.checkpoint import atomic_write, read_state_dict
 from backbones.layers import resize_pos_embed
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -182,22 +182,9 @@ class RevDetCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import tempfile
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import torch
 from fvcore.common.checkpoint import Checkpointer
+
+from backbones.checkpoint import atomic_write
 
 
 def safe_load(path: str) -> Any:
@@ -29,29 +30,6 @@ def safe_load(path: str) -> Any:
         raise RuntimeError(f"refusing to load {path}: it needs arbitrary unpickling, which "
                            f"could run code ({str(e).splitlines()[0]}). Only weights_only files "
                            "(tensors, numbers, strings, lists, dicts) are loaded.") from None
-
-
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class VideoCheckpointer(Checkpointer):
