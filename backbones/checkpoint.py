@@ -415,15 +415,18 @@ def config_for(ckpt: Checkpoint, name: Optional[str] = None, **overrides) -> Mod
 
 
 def model_from_checkpoint(ckpt: Checkpoint, name: Optional[str] = None, *, strict: bool = True,
-                          rev_backprop: bool = True, **overrides) -> MViT:
+                          rev_backprop: bool = True, recompute_transitions: bool = False,
+                          **overrides) -> MViT:
     """``load_pretrained`` for an already read ``Checkpoint``."""
-    model = MViT(config_for(ckpt, name, **overrides), rev_backprop=rev_backprop)
+    model = MViT(config_for(ckpt, name, **overrides), rev_backprop=rev_backprop,
+                 recompute_transitions=recompute_transitions)
     _load_into(model, ckpt, strict)
     return model
 
 
 def load_pretrained(path: PathLike, name: Optional[str] = None, *, strict: bool = True,
-                    rev_backprop: bool = True, **overrides) -> MViT:
+                    rev_backprop: bool = True, recompute_transitions: bool = False,
+                    **overrides) -> MViT:
     """Build the architecture a checkpoint file holds and load its weights.
 
     The architecture comes from the file's embedded config (official ``.pyth``, revvision
@@ -432,9 +435,11 @@ def load_pretrained(path: PathLike, name: Optional[str] = None, *, strict: bool 
     ``input_size=(256, 256)`` (position embeddings are resized) or ``drop_path_rate=0.1``
     for fine-tuning. Given with an embedded config, ``name`` must agree with it. The model
     is returned in training mode, like any new module: call ``.eval()`` to evaluate.
+    ``rev_backprop`` and ``recompute_transitions`` are as for ``backbones.build``.
     """
     return model_from_checkpoint(read_checkpoint(path), name, strict=strict,
-                                 rev_backprop=rev_backprop, **overrides)
+                                 rev_backprop=rev_backprop,
+                                 recompute_transitions=recompute_transitions, **overrides)
 
 
 # ---------------------------------------------------------------------------------- writing

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import MultiScaleBlock, ReversibleBlock, StageTransition
 from .layers import THW, PatchEmbed, layer_norm, resize_pos_embed
@@ -132,13 +133,20 @@ class MViT(nn.Module):
     ``forward(x)`` returns logits; ``forward_features`` the normalised tokens;
     ``forward_stages`` one feature map per stage (for detection); ``rev_backprop`` switches
     a reversible model between reversible backprop and plain autograd through the same blocks.
+
+    ``recompute_transitions`` (with ``rev_backprop``) also recomputes the non-reversible
+    stage transitions in backward (``torch.utils.checkpoint``) instead of storing their
+    activations: one extra forward of a few layers for the rest of Rev-MViT's activation
+    memory (the official model stores them). Gradients are unchanged.
     """
 
-    def __init__(self, cfg: ModelConfig, rev_backprop: bool = True):
+    def __init__(self, cfg: ModelConfig, rev_backprop: bool = True,
+                 recompute_transitions: bool = False):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.rev_backprop = rev_backprop
+        self.recompute_transitions = recompute_transitions
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.patch_kernel,
                                       cfg.patch_stride, cfg.patch_padding)
         t, h, w = cfg.patch_grid
@@ -235,6 +243,7 @@ class MViT(nn.Module):
         x, thw = self.patch_embed(x)
         x = x + self._pos_embed(thw)
         use_rev = self.rev_backprop and self.training
+        recompute = use_rev and self.recompute_transitions and torch.is_grad_enabled()
         stages, i = [], 0
         while i < len(self.layers):
             if isinstance(self.layers[i], ReversibleBlock):
@@ -243,6 +252,9 @@ class MViT(nn.Module):
                     j += 1
                 x = run_reversible(torch.cat([x, x], dim=-1), self.layers[i:j], thw, use_rev)
                 i = j
+            elif recompute and isinstance(self.layers[i], StageTransition):
+                x, thw = checkpoint(self.layers[i], x, thw, use_reentrant=False)
+                i += 1
             else:
                 x, thw = self.layers[i](x, thw)
                 i += 1

@@ -56,14 +56,19 @@ def model_config(name: str, **overrides) -> ModelConfig:
     return cfg
 
 
-def build(name: str, rev_backprop: bool = True, **overrides) -> MViT:
+def build(name: str, rev_backprop: bool = True, recompute_transitions: bool = False,
+          **overrides) -> MViT:
     """Build a zoo model, e.g. ``build("rev_vit_b", num_classes=10, depth=24)``.
 
     ``rev_backprop=False`` trains a reversible model with plain autograd through the very
     same blocks (for tests and comparisons); it has no effect on a non-reversible twin.
+    ``recompute_transitions=True`` also recomputes Rev-MViT's stage transitions in
+    backward (see ``MViT``).
     """
-    return MViT(model_config(name, **overrides), rev_backprop=rev_backprop)
+    return MViT(model_config(name, **overrides), rev_backprop=rev_backprop,
+                recompute_transitions=recompute_transitions)
 
 
-def build_from_config(cfg: ModelConfig, rev_backprop: bool = True) -> MViT:
-    return MViT(cfg, rev_backprop=rev_backprop)
+def build_from_config(cfg: ModelConfig, rev_backprop: bool = True,
+                      recompute_transitions: bool = False) -> MViT:
+    return MViT(cfg, rev_backprop=rev_backprop, recompute_transitions=recompute_transitions)

@@ -138,7 +138,8 @@ def build_net(cfg, reversible: bool, family: str, in_chans: int = 3) -> MViT:
         overrides["drop_path_rate"] = c.DROP_PATH_RATE
     overrides["num_classes"] = 1  # the head is dropped; keep it tiny
     name = ("rev_" if reversible else "") + arch
-    return backbones.build(name, rev_backprop=c.REV_BACKPROP, **overrides)
+    return backbones.build(name, rev_backprop=c.REV_BACKPROP,
+                           recompute_transitions=c.RECOMPUTE_TRANSITIONS, **overrides)
 
 
 def build_stage_backbone(cfg, input_shape: ShapeSpec, reversible: bool, family: str,

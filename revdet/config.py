@@ -47,6 +47,10 @@ def add_revdet_config(cfg: CN) -> CN:
     # False trains a reversible backbone with plain autograd (same weights and outputs,
     # more memory); for comparisons.
     cfg.MODEL.REVDET.REV_BACKPROP = True
+    # With REV_BACKPROP, also recompute Rev-MViT's non-reversible stage transitions in
+    # backward instead of storing their activations (backbones.MViT): less memory for one
+    # extra forward of those few layers. False is the official model's behaviour.
+    cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS = False
     # Stage maps returned (named by stride: scale2 = 1/4 ... scale5 = 1/32; a ViT has
     # only scale4), each after a LayerNorm over channels when STAGE_NORM.
     cfg.MODEL.REVDET.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]

@@ -49,6 +49,10 @@ _C.MODEL.DROPOUT_RATE = 0.5  # dropout before the classifier (official MODEL.DRO
 # False trains a reversible model with plain autograd through the same blocks (more
 # memory, same gradients); for comparisons.
 _C.MODEL.REV_BACKPROP = True
+# With REV_BACKPROP, also recompute the non-reversible stage transitions in backward
+# instead of storing their activations (backbones.MViT): less memory for one extra
+# forward of those few layers. False is the official model's behaviour.
+_C.MODEL.RECOMPUTE_TRANSITIONS = False
 _C.MODEL.DEVICE = "cuda"  # falls back to "cpu" when CUDA is not available
 
 # Architecture overrides of the zoo model (SlowFast names); 0 / [] keep the zoo value.

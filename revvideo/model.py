@@ -52,18 +52,19 @@ def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False
     freshly initialised, e.g. to fine-tune Kinetics-400 weights on Kinetics-600.
     """
     weights = cfg.MODEL.WEIGHTS if weights is None else weights
-    rev_backprop = cfg.MODEL.REV_BACKPROP
+    rev_options = dict(rev_backprop=cfg.MODEL.REV_BACKPROP,
+                       recompute_transitions=cfg.MODEL.RECOMPUTE_TRANSITIONS)
     if cfg.MODEL.ARCH == "weights":
         if not weights:
             raise ValueError("MODEL.ARCH 'weights' builds the architecture stored in "
                              "MODEL.WEIGHTS, which is empty")
-        model = backbones.load_pretrained(weights, rev_backprop=rev_backprop)
+        model = backbones.load_pretrained(weights, **rev_options)
         logger.info(f"Built the architecture stored in {weights}: {_describe(model)}")
         if model.cfg.num_classes != cfg.MODEL.NUM_CLASSES:
             raise ValueError(f"{weights} classifies {model.cfg.num_classes} classes but "
                              f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}")
         return model
-    model = backbones.build(cfg.MODEL.ARCH, rev_backprop=rev_backprop, **model_overrides(cfg))
+    model = backbones.build(cfg.MODEL.ARCH, **rev_options, **model_overrides(cfg))
     logger.info(f"Built {cfg.MODEL.ARCH}: {_describe(model)}")
     if weights:
         try:

@@ -38,3 +38,18 @@ def test_meter_counts_shared_storage_once():
         y = (x * x).sum()  # saves x twice
     y.backward()
     assert meter.total_bytes == x.nbytes
+
+
+@pytest.mark.parametrize("kind", ["mvit", "mvit_video"])
+def test_recomputed_transitions_store_no_activations(kind):
+    """With ``recompute_transitions`` the transitions keep nothing beyond their input (the
+    previous segment's output, already kept): what they stored was most of Rev-MViT's."""
+    def saved(recompute, depth=6):
+        torch.manual_seed(0)
+        model = tiny_model(kind, depth=depth, drop_path_rate=0.1,
+                           recompute_transitions=recompute).train()
+        return _activation_bytes(model, tiny_input(model, batch=4))
+
+    stored, recomputed = saved(False), saved(True)
+    assert recomputed < 0.4 * stored, (recomputed, stored)
+    assert saved(True, depth=12) <= 1.05 * recomputed

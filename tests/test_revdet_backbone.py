@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import backbones
 import revdet
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
@@ -96,20 +97,24 @@ def test_mask_rcnn_training_step(backbone):
 @pytest.mark.parametrize("backbone", ["build_rev_mvit_fpn_backbone",
                                       "build_rev_vit_simple_fpn_backbone"])
 def test_reversible_backprop_matches_autograd_in_the_detector(backbone):
-    """Same weights and data: REV_BACKPROP True and False give the same losses and gradients."""
+    """Same weights and data: REV_BACKPROP True (with and without RECOMPUTE_TRANSITIONS) and
+    False give the same losses and gradients."""
     grads = []
-    for rev in (True, False):
+    for rev, recompute in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        model = build_model(tiny_cfg(backbone, "MODEL.REVDET.REV_BACKPROP", rev)).train()
-        assert model.backbone.bottom_up.rev_backprop is rev if hasattr(model.backbone, "bottom_up") \
-            else model.backbone.net.rev_backprop is rev
+        cfg = tiny_cfg(backbone, "MODEL.REVDET.REV_BACKPROP", rev,
+                       "MODEL.REVDET.RECOMPUTE_TRANSITIONS", recompute)
+        model = build_model(cfg).train()
+        net = next(m for m in model.backbone.modules() if isinstance(m, backbones.MViT))
+        assert (net.rev_backprop, net.recompute_transitions) == (rev, recompute)
         torch.manual_seed(1)
         with EventStorage(0):
             losses = model(_batch([(64, 64)]))
         sum(losses.values()).backward()
         grads.append({n: p.grad.clone() for n, p in model.backbone.named_parameters()})
-    for name, g in grads[0].items():
-        torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    for other in grads[1:]:
+        for name, g in grads[0].items():
+            torch.testing.assert_close(other[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_unknown_arch_for_family_is_a_clear_error():
@@ -128,6 +133,7 @@ def test_configs_merge_and_describe_the_paper_models(name):
         assert cfg.SOLVER.BASE_LR == 1.6e-4 and cfg.SOLVER.MAX_ITER == 67500
         assert cfg.INPUT.RANDOM_RESIZE_CROP.ENABLED and cfg.MODEL.REVDET.INPUT_SIZE == 224
     if name == "coco_revmvit.yaml":
+        assert cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs
         cfg.MODEL.DEVICE = "cpu"
         shapes = build_backbone(cfg).bottom_up.output_shape()
         assert [s.channels for s in shapes.values()] == [192, 384, 768, 1536]

@@ -31,10 +31,13 @@ def _twin_runs(model, x, seed=123):
     return _train_step(model, x, seed), _train_step(plain, x, seed)
 
 
-@pytest.mark.parametrize("kind,depth", [("vit", 3), ("vit", 4), ("mvit", 6), ("mvit", 7),
-                                        ("mvit_video", 6), ("mvit_video", 7)])
-def test_rev_backprop_matches_autograd_float64(kind, depth):
-    model = tiny_model(kind, depth=depth, drop_path_rate=0.2, dropout=0.1).double().train()
+@pytest.mark.parametrize("kind,depth,recompute", [
+    ("vit", 3, False), ("vit", 4, False), ("mvit", 6, False), ("mvit", 7, False),
+    ("mvit_video", 6, False), ("mvit_video", 7, False), ("mvit", 7, True), ("mvit_video", 6, True)])
+def test_rev_backprop_matches_autograd_float64(kind, depth, recompute):
+    """``recompute``: the stage transitions are recomputed in backward too."""
+    model = tiny_model(kind, depth=depth, drop_path_rate=0.2, dropout=0.1,
+                       recompute_transitions=recompute).double().train()
     x = tiny_input(model, batch=4, dtype=torch.float64)
     (loss_r, gx_r, g_r, rng_r), (loss_p, gx_p, g_p, rng_p) = _twin_runs(model, x)
 
@@ -57,8 +60,9 @@ def test_randomness_is_active_and_replayed():
     assert not torch.allclose(a, b)
 
 
-def test_bf16_autocast_backward_outside_autocast():
-    model = tiny_model("mvit", depth=6, drop_path_rate=0.1).train()
+@pytest.mark.parametrize("recompute", [False, True])
+def test_bf16_autocast_backward_outside_autocast(recompute):
+    model = tiny_model("mvit", depth=6, drop_path_rate=0.1, recompute_transitions=recompute).train()
     x = tiny_input(model, batch=2)
     plain = copy.deepcopy(model)
     plain.rev_backprop = False

@@ -173,6 +173,7 @@ def test_kinetics_config_takes_the_released_checkpoint_layout(tmp_path, golden_d
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) == 34_963_120
     assert model.cfg.input_size == (16, 224, 224) and model.cfg.reversible
+    assert model.rev_backprop and model.recompute_transitions
     table = format_results({"top1": 78.0, "top5": 93.0, "videos": 19000, "skipped": 0}, cfg)
     assert "published (REV_MVIT_B_16x4.pyth)" in table and "78.4" in table and "93.4" in table
 
