@@ -36,14 +36,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# variant -> (registered backbone, zoo architecture, its twin)
+# variant -> (registered backbone, zoo architecture, its twin); each starts from the COCO
+# config of its family (coco_revmvit.yaml recomputes the stage transitions).
 VARIANTS = {
     "rev_mvit_b": ("build_rev_mvit_fpn_backbone", "mvit_b", "mvit_b"),
+    "rev_mvit_b_stored": ("build_rev_mvit_fpn_backbone", "mvit_b", "mvit_b"),
     "mvit_b": ("build_mvit_fpn_backbone", "mvit_b", None),
     "rev_vit_b": ("build_rev_vit_simple_fpn_backbone", "vit_b", "vit_b"),
     "vit_b": ("build_vit_simple_fpn_backbone", "vit_b", None),
 }
-LABELS = {"rev_mvit_b": "Rev-MViT-B + FPN", "mvit_b": "MViT-B + FPN",
+LABELS = {"rev_mvit_b": "Rev-MViT-B + FPN (transitions recomputed, coco_revmvit.yaml)",
+          "rev_mvit_b_stored": "Rev-MViT-B + FPN (transitions stored, as the official model)",
+          "mvit_b": "MViT-B + FPN",
           "rev_vit_b": "Rev-ViT-B + simple pyramid", "vit_b": "ViT-B + simple pyramid"}
 
 
@@ -59,6 +63,8 @@ def _build(variant: str, device: str):
     cfg.merge_from_file(os.path.join(ROOT, "configs", name))
     cfg.merge_from_list(["MODEL.BACKBONE.NAME", backbone, "MODEL.REVDET.ARCH", arch,
                          "MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
+    if variant.endswith("_stored"):
+        cfg.merge_from_list(["MODEL.REVDET.RECOMPUTE_TRANSITIONS", False])
     return build_model(cfg).train()
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step memory and speed: Rev-ViT-B vs ViT-B vs ViT-B with activation checkpointing.
 
-    python tools/benchmark_memory.py                      # depths 12 24 48, batch 4, 224x224
+    python tools/benchmark_memory.py                      # depths 12 24 48, batch 4, 224x224, 3 rounds
     python tools/benchmark_memory.py --quick              # tiny settings (make demo)
     python tools/benchmark_memory.py --depths 12 24 --batch-size 8 --out output/bench
 
@@ -14,7 +14,10 @@ peak. Per configuration it measures, on the CPU with 2 threads:
   includes what the reversible Function keeps via ``save_for_backward`` and the block
   inputs that non-reentrant checkpointing keeps), each storage counted once, parameters
   excluded;
-* the median step time over ``--steps`` steps after one warm-up step;
+* the median step time over ``--steps`` steps after one warm-up step, in ``--rounds``
+  fresh processes per configuration; at each depth a round runs the three models back to
+  back (order rotated between rounds), and the step-time ratios are the medians of the
+  per-round ratios, so a slow stretch of a shared machine hits both sides of a ratio;
 * peak process memory of one more training step above the RSS just before it
   (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
   again in a second fresh process in which glibc returns every freed block >= 64 KiB to
@@ -160,6 +163,24 @@ def run_config(variant: str, depth: int, args) -> dict:
     return r
 
 
+def merge_rounds(rounds: List[dict]) -> dict:
+    """One row from a configuration's timing rounds: memory from the first round, step time
+    the median of the rounds' medians (each round's kept in ``step_rounds_s``)."""
+    row = dict(rounds[0])
+    if "error" not in row:
+        row["step_rounds_s"] = [r["step_s"] for r in rounds]
+        row["step_s"] = statistics.median(row["step_rounds_s"])
+    return row
+
+
+def paired_ratio(a: dict, b: dict) -> Optional[float]:
+    """Median over rounds of ``a``'s step time / ``b``'s in the same round: the two ran back
+    to back, so a slow stretch of the shared machine hits both."""
+    if not a or not b:
+        return None
+    return statistics.median(x / y for x, y in zip(a["step_rounds_s"], b["step_rounds_s"]))
+
+
 def add_ratios(results: List[dict]) -> None:
     """Ratios within this run: vs ViT-B at the same depth, and vs the model's smallest depth."""
     ok = [r for r in results if "error" not in r]
@@ -169,7 +190,7 @@ def add_ratios(results: List[dict]) -> None:
         smallest.setdefault(r["variant"], r)
     for r in ok:
         b, s = base.get(r["depth"]), smallest[r["variant"]]
-        r["step_vs_vit_b"] = r["step_s"] / b["step_s"] if b else None
+        r["step_vs_vit_b"] = paired_ratio(r, b)
         r["saved_vs_vit_b"] = r["saved_mb"] / b["saved_mb"] if b else None
         r["saved_vs_smallest_depth"] = r["saved_mb"] / s["saved_mb"]
 
@@ -191,9 +212,9 @@ def check_targets(results: List[dict], depths: List[int]) -> List[dict]:
     add(f"Rev-ViT-B / ViT-B saved tensors at depth {lo} <= 1/6", v, 1 / 6, v is not None and v <= 1 / 6)
     for d in depths:
         rev, vit, ckpt = by.get(("rev_vit_b", d)), by.get(("vit_b", d)), by.get(("vit_b_ckpt", d))
-        v = rev["step_s"] / vit["step_s"] if rev and vit else None
+        v = paired_ratio(rev, vit)
         add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4", v, 1.4, v is not None and v <= 1.4)
-        v = rev["step_s"] / ckpt["step_s"] if rev and ckpt else None
+        v = paired_ratio(rev, ckpt)
         add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1)", v, 1.0,
             v is not None and v < 1.0)
     return targets
@@ -265,6 +286,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timing rounds per depth: each runs every model in a fresh process, "
+                        "back to back in a rotated order; step ratios are paired per round")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps")
     p.add_argument("--out", type=Path, default=Path("output/benchmark_memory"))
@@ -278,29 +302,43 @@ def main(argv=None) -> int:
                                     args.steps)), flush=True)
         return 0
     if args.quick:
-        args.depths, args.img_size, args.batch_size, args.steps = [2, 4], 112, 2, 2
-    if min(args.depths) < 1 or args.batch_size < 1 or args.steps < 1:
-        p.error("depths, --batch-size and --steps must be positive")
+        args.depths, args.img_size, args.batch_size, args.steps, args.rounds = [2, 4], 112, 2, 2, 1
+    if min(args.depths) < 1 or min(args.batch_size, args.steps, args.rounds) < 1:
+        p.error("depths, --batch-size, --steps and --rounds must be positive")
     depths = sorted(set(args.depths))
 
     print(f"batch {args.batch_size}, {args.img_size}x{args.img_size}, depths {depths}, "
-          f"median of {args.steps} steps after 1 warm-up, 2 threads, one process per row")
-    configs = [(v, d) for d in depths for v in VARIANTS]
-    results, start = [], time.time()
-    for i, (variant, depth) in enumerate(configs, 1):
-        t0 = time.time()
-        r = run_config(variant, depth, args)
-        r["load_avg_1min"] = os.getloadavg()[0]  # our 2 threads count too
-        status = r["error"] if "error" in r else f"{r['step_s']:.2f} s/step"
-        print(f"[{i}/{len(configs)}] {VARIANTS[variant][0]:<22} depth {depth:<3} "
-              f"{status} ({time.time() - t0:.0f} s, total {time.time() - start:.0f} s)", flush=True)
-        results.append(r)
+          f"median of {args.steps} steps after 1 warm-up, {args.rounds} round(s), 2 threads, "
+          "one process per measurement")
+    variants = list(VARIANTS)
+    runs = {(v, d): [] for d in depths for v in variants}
+    total, done, start = len(runs) * args.rounds, 0, time.time()
+    for depth in depths:
+        for rnd in range(args.rounds):
+            for variant in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+                t0 = time.time()
+                # memory once (first round); later rounds only time
+                r = (run_config(variant, depth, args) if rnd == 0 else
+                     _run_worker_process(variant, depth, args, args.steps))
+                r["load_avg_1min"] = os.getloadavg()[0]  # our 2 threads count too
+                runs[(variant, depth)].append(r)
+                done += 1
+                status = r["error"] if "error" in r else f"{r['step_s']:.2f} s/step"
+                print(f"[{done}/{total}] {VARIANTS[variant][0]:<22} depth {depth:<3} round {rnd + 1} "
+                      f"{status} ({time.time() - t0:.0f} s, total {time.time() - start:.0f} s)",
+                      flush=True)
+    results = []
+    for (variant, depth), rounds in runs.items():
+        failed = [r for r in rounds if "error" in r]
+        results.append(failed[0] if failed else merge_rounds(rounds))
+        results[-1]["load_avg_1min"] = max(r["load_avg_1min"] for r in rounds)
 
     add_ratios(results)
     targets = check_targets(results, depths)
     print()
     print_table(results)
-    print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median).\n"
+    print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median\n"
+          "of the rounds' medians); step vs ViT-B: median of the per-round ratios.\n"
           "saved: tensors kept for backward during the forward, parameters excluded.\n"
           "peak: VmHWM - VmRSS before one step; -grads: minus the fp32 parameter gradients;\n"
           "(mmap): in another fresh process with MALLOC_MMAP_THRESHOLD_=65536, i.e. without\n"
@@ -316,7 +354,7 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"depths": depths, "batch_size": args.batch_size, "img_size": args.img_size,
-                "steps": args.steps, "warmup_steps": 1, "threads": 2, "quick": args.quick,
+                "steps": args.steps, "rounds": args.rounds, "warmup_steps": 1, "threads": 2, "quick": args.quick,
                 "optimizer": "none (zero_grad(set_to_none=True) only)"}
     with contextlib.suppress(ImportError):
         import torch

@@ -38,13 +38,13 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 MB = 1e6
-MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop)
-    "rev_mvit_b_16x4": ("Rev-MViT-B 16x4 (reversible backprop)", "rev_mvit_b_16x4", True),
-    "rev_mvit_b_16x4_autograd": ("Rev-MViT-B 16x4, plain autograd", "rev_mvit_b_16x4", False),
-    "mvit_b_16x4": ("MViT-B 16x4 (non-reversible twin)", "mvit_b_16x4", True),
-    # Not the official model: its 3 non-reversible stage transitions recomputed in backward
-    # (torch.utils.checkpoint), to show where the remaining memory is.
-    "rev_mvit_b_16x4_ckpt": ("Rev-MViT-B 16x4 + checkpointed stage transitions", "rev_mvit_b_16x4", True),
+MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute transitions)
+    "rev_mvit_b_16x4": ("Rev-MViT-B 16x4, transitions recomputed (kinetics_revmvit_b_16x4.yaml)",
+                        "rev_mvit_b_16x4", True, True),
+    "rev_mvit_b_16x4_stored": ("Rev-MViT-B 16x4, transitions stored (as the official model)",
+                               "rev_mvit_b_16x4", True, False),
+    "rev_mvit_b_16x4_autograd": ("Rev-MViT-B 16x4, plain autograd", "rev_mvit_b_16x4", False, False),
+    "mvit_b_16x4": ("MViT-B 16x4 (non-reversible twin)", "mvit_b_16x4", True, False),
 }
 
 
@@ -131,16 +131,13 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
     import torch
 
     import backbones
-    from backbones.blocks import StageTransition
-    from backbones.memory import checkpoint_layers, proc_status_mb, reset_peak_rss, saved_tensor_meter
+    from backbones.memory import proc_status_mb, reset_peak_rss, saved_tensor_meter
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(0)
-    _, name, rev_backprop = MEMORY_VARIANTS[variant]
-    model = backbones.build(name, rev_backprop=rev_backprop, input_size=(frames, size, size),
-                            head_dropout=0.0)
-    if variant.endswith("_ckpt"):
-        checkpoint_layers(model, lambda layer: isinstance(layer, StageTransition))
+    _, name, rev_backprop, recompute = MEMORY_VARIANTS[variant]
+    model = backbones.build(name, rev_backprop=rev_backprop, recompute_transitions=recompute,
+                            input_size=(frames, size, size), head_dropout=0.0)
     model.train()
     x = torch.randn(batch, 3, frames, size, size)
     y = torch.randint(0, model.cfg.num_classes, (batch,))
