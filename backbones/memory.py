@@ -49,6 +49,14 @@ def saved_tensor_meter(exclude: Iterable[torch.Tensor] = ()) -> Iterator[SavedTe
         yield meter
 
 
+# For peak measurements that count live tensors, not allocator history: glibc serves
+# allocations >= 64 KiB by mmap and unmaps them when freed, but by default it raises that
+# threshold up to 32 MiB as large blocks are freed and then recycles freed blocks from its
+# heap, whose resident pages also count fragmentation. Only an environment variable fixes
+# the threshold from process start, so benchmarks pass this to a fresh process.
+MMAP_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+
+
 def proc_status_mb(field: str) -> Optional[float]:
     """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
     try:

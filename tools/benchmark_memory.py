@@ -132,11 +132,6 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
 
 
 # --------------------------------------------------------------------------- driver side
-# glibc serves allocations >= 64 KiB by mmap and unmaps them when freed. By default it raises
-# that threshold to up to 32 MiB as large blocks are freed and then recycles freed blocks from
-# its heap, whose resident pages then also count fragmentation (here it grows with depth).
-# Only an environment variable fixes the threshold from process start.
-MMAP_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
 
 def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
@@ -155,6 +150,8 @@ def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) ->
 def run_config(variant: str, depth: int, args) -> dict:
     """One configuration: a fresh process with the default allocator (time, saved tensors,
     peak), then a fresh memory-only process with large blocks always mmapped (peak)."""
+    from backbones.memory import MMAP_MALLOC_ENV
+
     r = _run_worker_process(variant, depth, args, args.steps)
     if "error" not in r:
         m = _run_worker_process(variant, depth, args, 0, MMAP_MALLOC_ENV)
