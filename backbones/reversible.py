@@ -109,11 +109,14 @@ class _ReversibleSegment(torch.autograd.Function):
         return (grad_x, None, None, *param_grads)
 
 
-@torch.compiler.disable
 def _apply_segment(x, blocks, thw, params):
-    """Segments run eagerly under ``torch.compile`` (a graph break): dynamo cannot trace the
-    RNG forking of the backward, and per-segment recompiles with dynamic shapes crash
-    inductor (torch 2.14). Everything around the segments still compiles."""
+    if torch.compiler.is_compiling():
+        # Segments run eagerly under ``torch.compile`` (a graph break): dynamo cannot trace
+        # the RNG forking of the backward, and per-segment recompiles with dynamic shapes
+        # crash inductor (torch 2.14); everything around them still compiles. Wrapped here,
+        # not with a decorator, because ``torch.compiler.disable`` imports torch._dynamo
+        # (1.5 s), which eager users never need.
+        return torch.compiler.disable(_ReversibleSegment.apply)(x, blocks, thw, *params)
     return _ReversibleSegment.apply(x, blocks, thw, *params)
 
 
