@@ -9,6 +9,9 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
   minus its resident memory just before it (``/proc/self/clear_refs`` reset, ``VmHWM``),
   less the fp32 parameter gradients that step allocates: the step's working memory;
   on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the step;
+* ``peak MB (mmap malloc)`` (CPU): the same in one more fresh process in which glibc
+  returns every freed block >= 64 KiB at once (``backbones.memory.MMAP_MALLOC_ENV``), so
+  it counts live tensors and not retained heap;
 * ``saved MB``: the activation bytes autograd keeps for backward (each storage counted
   once, parameters excluded), for the whole detector and for the backbone trunk alone
   -- exact and noise-free;
@@ -183,6 +186,8 @@ def worker(args) -> dict:
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 - grad_mb
     else:
         peak = _hwm_mb() - base - grad_mb
+    if args.peak_only:
+        return {"variant": args.variant, "peak_mb": peak}
     saved = step(True)
     times = []
     for _ in range(args.steps):
@@ -200,18 +205,23 @@ def worker(args) -> dict:
 # ---------------------------------------------------------------------- driver side
 def table(rows) -> str:
     by = {r["variant"]: r for r in rows}
-    out = ["| backbone (Mask R-CNN, {}x{}, batch {}) | step s | peak MB | vs twin | saved MB "
-           "(detector) | saved MB (trunk) | trunk vs twin |".format(rows[0]["size"], rows[0]["size"],
-                                                                 rows[0]["batch"]),
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    out = ["| backbone (Mask R-CNN, {}x{}, batch {}) | step s | peak MB | vs twin | peak MB "
+           "(mmap malloc) | vs twin | saved MB (detector) | saved MB (trunk) | trunk vs twin |"
+           .format(rows[0]["size"], rows[0]["size"], rows[0]["batch"]),
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def vs_twin(r, key):
         twin = VARIANTS[r["variant"]][2]
         t = by.get(twin) if twin else None
-        ratio = f"{r['peak_mb'] / t['peak_mb']:.2f}x" if t else "1.00x" if not twin else "-"
-        tratio = (f"{r['saved_trunk_mb'] / t['saved_trunk_mb']:.2f}x" if t else
-                  "1.00x" if not twin else "-")
-        out.append(f"| {LABELS[r['variant']]} | {r['step_s']:.1f} | {r['peak_mb']:.0f} | {ratio} "
-                   f"| {r['saved_mb']:.0f} | {r['saved_trunk_mb']:.0f} | {tratio} |")
+        if r.get(key) is None or (twin and (not t or t.get(key) is None)):
+            return "-"
+        return f"{r[key] / t[key]:.2f}x" if t else "1.00x"
+
+    for r in rows:
+        mmap = "-" if r.get("peak_mmap_mb") is None else f"{r['peak_mmap_mb']:.0f}"
+        out.append(f"| {LABELS[r['variant']]} | {r['step_s']:.1f} | {r['peak_mb']:.0f} | "
+                   f"{vs_twin(r, 'peak_mb')} | {mmap} | {vs_twin(r, 'peak_mmap_mb')} | "
+                   f"{r['saved_mb']:.0f} | {r['saved_trunk_mb']:.0f} | {vs_twin(r, 'saved_trunk_mb')} |")
     return "\n".join(out)
 
 
@@ -225,21 +235,29 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--worker", dest="variant", help=argparse.SUPPRESS)
+    p.add_argument("--peak-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.variant:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
-    rows = []
-    for v in args.variants:
+    from backbones.memory import MMAP_MALLOC_ENV
+
+    def run(v, *extra, env=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", v, "--size", str(args.size),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device]
-        print(f"measuring {LABELS[v]} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+               "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device, *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(lines[-1][7:]))
+        return json.loads(lines[-1][7:])
+
+    rows = []
+    for v in args.variants:
+        print(f"measuring {LABELS[v]} ...", file=sys.stderr, flush=True)
+        rows.append(run(v))
         r = rows[-1]
+        if args.device == "cpu":
+            r["peak_mmap_mb"] = run(v, "--peak-only", env=MMAP_MALLOC_ENV)["peak_mb"]
         print(f"  step {r['step_s']:.1f} s, peak {r['peak_mb']:.0f} MB, saved {r['saved_mb']:.0f} MB "
               f"(trunk {r['saved_trunk_mb']:.0f} MB)", file=sys.stderr, flush=True)
     print(table(rows))
