@@ -132,8 +132,6 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
 
 
 # --------------------------------------------------------------------------- driver side
-
-
 def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
            "--depth", str(depth), "--batch-size", str(args.batch_size),
@@ -287,7 +285,7 @@ def main(argv=None) -> int:
                    help="timing rounds per depth: each runs every model in a fresh process, "
                         "back to back in a rotated order; step ratios are paired per round")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps")
+                   help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps, 1 round")
     p.add_argument("--out", type=Path, default=Path("output/benchmark_memory"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
