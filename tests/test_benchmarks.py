@@ -27,6 +27,14 @@ def test_benchmark_memory_quick(tmp_path):
     assert len(saved) == 2 and all(t["met"] for t in saved), saved
     assert (tmp_path / "memory_vs_depth.png").stat().st_size > 0
     assert "Rev-ViT-B" in out and "ViT-B + checkpointing" in out
+    # the interleaved sweeps time every model once per sweep, and their ratios pair sweeps
+    sweeps = {r["depth"]: r for r in results["interleaved"]}
+    assert sorted(sweeps) == [2, 4]
+    times = sweeps[4]["step_times_s"]
+    assert {v: len(t) for v, t in times.items()} == {"vit_b": 2, "vit_b_ckpt": 2, "rev_vit_b": 2}
+    ratios = sorted(a / b for a, b in zip(times["rev_vit_b"], times["vit_b_ckpt"]))
+    assert sweeps[4]["ratios"]["rev_vit_b/vit_b_ckpt"]["median"] == pytest.approx(sum(ratios) / 2)
+    assert any("interleaved sweeps" in t["target"] for t in results["targets"])
 
 
 def test_benchmark_video_memory_tiny(tmp_path):

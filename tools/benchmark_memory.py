@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step memory and speed: Rev-ViT-B vs ViT-B vs ViT-B with activation checkpointing.
 
-    python tools/benchmark_memory.py                      # depths 12 24 48, batch 4, 224x224, 3 rounds
+    python tools/benchmark_memory.py                      # depths 12 24 48, batch 4, 224x224
     python tools/benchmark_memory.py --quick              # tiny settings (make demo)
     python tools/benchmark_memory.py --depths 12 24 --batch-size 8 --out output/bench
 
@@ -18,6 +18,10 @@ peak. Per configuration it measures, on the CPU with 2 threads:
   fresh processes per configuration; at each depth a round runs the three models back to
   back (order rotated between rounds), and the step-time ratios are the medians of the
   per-round ratios, so a slow stretch of a shared machine hits both sides of a ratio;
+* step-time ratios again from ``--sweeps`` interleaved sweeps: one more fresh process per
+  depth holds all three models and runs one step of each per sweep (order rotated), so
+  the steps of a ratio run seconds, not minutes, apart - the tighter pairing, and the one
+  the step-time targets use;
 * peak process memory of one more training step above the RSS just before it
   (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
   again in a second fresh process in which glibc returns every freed block >= 64 KiB to
@@ -54,6 +58,7 @@ VARIANTS = {  # key -> (label, zoo name, checkpoint every block)
     "vit_b_ckpt": ("ViT-B + checkpointing", "vit_b", True),
     "rev_vit_b": ("Rev-ViT-B", "rev_vit_b", False),
 }
+INTERLEAVED_PAIRS = [("rev_vit_b", "vit_b_ckpt"), ("rev_vit_b", "vit_b"), ("vit_b_ckpt", "vit_b")]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -78,23 +83,21 @@ def _step_peak_bytes(step) -> Optional[int]:
     return None if before is None or hwm is None else round((hwm - before) * 2**20)
 
 
-def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: int) -> dict:
-    """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
+def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
+    """Build ``variant`` at ``depth`` and return ``(step, params)``; ``step(measure_saved)``
+    runs one training step and, if asked, meters what the forward saves for backward."""
     import torch
     import torch.nn.functional as F
 
     import backbones
     from backbones.memory import checkpoint_layers, saved_tensor_meter
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    label, zoo_name, use_checkpoint = VARIANTS[variant]
+    _, zoo_name, use_checkpoint = VARIANTS[variant]
     model = backbones.build(zoo_name, rev_backprop=True, depth=depth,
                             input_size=(img_size, img_size)).train()
     if use_checkpoint:
         checkpoint_layers(model, lambda layer: True)  # every block, non-reentrant
     params = [p for p in model.parameters() if p.requires_grad]
-    grad_bytes = sum(p.numel() * p.element_size() for p in params)
     images = torch.randn(batch_size, 3, img_size, img_size)
     labels = torch.randint(0, model.cfg.num_classes, (batch_size,))
 
@@ -108,19 +111,30 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
         model.zero_grad(set_to_none=True)
         return saved
 
+    return step, params
+
+
+def _timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: int) -> dict:
+    """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    step, params = _training_step(variant, depth, batch_size, img_size)
+    grad_bytes = sum(p.numel() * p.element_size() for p in params)
     saved_bytes = step(measure_saved=True).total_bytes  # the warm-up step
-
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-
+    times = [_timed(step) for _ in range(steps)]
     peak = _step_peak_bytes(step)
 
     return {
-        "variant": variant, "label": label, "depth": depth,
-        "reversible_backprop": bool(getattr(model, "rev_backprop", False) and model.cfg.reversible),
+        "variant": variant, "label": VARIANTS[variant][0], "depth": depth,
+        "reversible_backprop": variant == "rev_vit_b",
         "params_m": sum(p.numel() for p in params) / 1e6,
         "saved_mb": saved_bytes / MB,
         "grad_mb": grad_bytes / MB,
@@ -131,18 +145,61 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     }
 
 
+def run_interleaved_worker(depth: int, batch_size: int, img_size: int, sweeps: int) -> dict:
+    """Time all models in this one process, one step each per sweep, in an order rotated
+    every sweep: steps of a sweep run seconds apart, so the machine's slow and fast
+    stretches hit every model alike and per-sweep ratios are tightly paired."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    steps = {v: _training_step(v, depth, batch_size, img_size)[0] for v in VARIANTS}
+    for step in steps.values():
+        step()  # warm-up
+    order, times = list(VARIANTS), {v: [] for v in VARIANTS}
+    for i in range(sweeps):
+        k = i % len(order)
+        for v in order[k:] + order[:k]:
+            times[v].append(_timed(steps[v]))
+    return {"depth": depth, "step_times_s": times}
+
+
 # --------------------------------------------------------------------------- driver side
-def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
-           "--depth", str(depth), "--batch-size", str(args.batch_size),
-           "--img-size", str(args.img_size), "--steps", str(steps)]
+def _worker_json(flags: List[str], env=None) -> dict:
+    """Run this script as a fresh worker process with ``flags``; its JSON line, or
+    ``{"error": ...}`` with the tail of its output."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *map(str, flags)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"variant": variant, "label": VARIANTS[variant][0], "depth": depth,
-                "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
+        return {"error": f"exit code {proc.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
+
+
+def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
+    r = _worker_json(["--variant", variant, "--depth", depth, "--batch-size", args.batch_size,
+                      "--img-size", args.img_size, "--steps", steps], env)
+    if "error" in r:
+        r.update(variant=variant, label=VARIANTS[variant][0], depth=depth)
+    return r
+
+
+def run_interleaved(depth: int, args) -> dict:
+    """Interleaved timing at ``depth`` (``run_interleaved_worker``) with its paired ratios."""
+    r = _worker_json(["--interleaved", "--depth", depth, "--batch-size", args.batch_size,
+                      "--img-size", args.img_size, "--steps", args.sweeps])
+    if "error" not in r:
+        r["ratios"] = {f"{a}/{b}": sweep_ratios(r["step_times_s"][a], r["step_times_s"][b])
+                       for a, b in INTERLEAVED_PAIRS}
+    return {"depth": depth, **r}
+
+
+def sweep_ratios(a: List[float], b: List[float]) -> dict:
+    """Step-time ratios a/b of the same sweeps: median, range, and how often a was faster."""
+    ratios = [x / y for x, y in zip(a, b)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "faster": sum(r < 1 for r in ratios), "sweeps": len(ratios)}
 
 
 def run_config(variant: str, depth: int, args) -> dict:
@@ -190,9 +247,12 @@ def add_ratios(results: List[dict]) -> None:
         r["saved_vs_smallest_depth"] = r["saved_mb"] / s["saved_mb"]
 
 
-def check_targets(results: List[dict], depths: List[int]) -> List[dict]:
-    """The project's goals for Rev-ViT-B, evaluated on this run's numbers."""
+def check_targets(results: List[dict], depths: List[int], interleaved: List[dict]) -> List[dict]:
+    """The project's goals for Rev-ViT-B, evaluated on this run's numbers. Step-time ratios
+    come from the interleaved sweeps where they ran (the tighter pairing), else from the
+    fresh-process rounds."""
     by = {(r["variant"], r["depth"]): r for r in results if "error" not in r}
+    sweeps = {r["depth"]: r["ratios"] for r in interleaved if "error" not in r}
     lo, hi = min(depths), max(depths)
     targets = []
 
@@ -207,16 +267,33 @@ def check_targets(results: List[dict], depths: List[int]) -> List[dict]:
     add(f"Rev-ViT-B / ViT-B saved tensors at depth {lo} <= 1/6", v, 1 / 6, v is not None and v <= 1 / 6)
     for d in depths:
         rev, vit, ckpt = by.get(("rev_vit_b", d)), by.get(("vit_b", d)), by.get(("vit_b_ckpt", d))
-        v = paired_ratio(rev, vit)
-        add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4", v, 1.4, v is not None and v <= 1.4)
-        v = paired_ratio(rev, ckpt)
-        add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1)", v, 1.0,
-            v is not None and v < 1.0)
+        if d in sweeps:
+            how = "interleaved sweeps"
+            vs_vit = sweeps[d]["rev_vit_b/vit_b"]["median"]
+            vs_ckpt = sweeps[d]["rev_vit_b/vit_b_ckpt"]["median"]
+        else:
+            how, vs_vit, vs_ckpt = "fresh-process rounds", paired_ratio(rev, vit), paired_ratio(rev, ckpt)
+        add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4 ({how})", vs_vit, 1.4,
+            vs_vit is not None and vs_vit <= 1.4)
+        add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1; {how})",
+            vs_ckpt, 1.0, vs_ckpt is not None and vs_ckpt < 1.0)
     return targets
 
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _print_rows(headers: List[str], rows: List[list]) -> None:
+    try:
+        from tabulate import tabulate
+        print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    except ImportError:
+        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+        for i, row in enumerate([headers] + rows):
+            print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+            if i == 0:
+                print("-+-".join("-" * w for w in widths))
 
 
 def print_table(results: List[dict]) -> None:
@@ -233,15 +310,26 @@ def print_table(results: List[dict]) -> None:
                      _fmt(r["saved_vs_vit_b"], ".3f"), _fmt(r["saved_vs_smallest_depth"], ".2f"),
                      _fmt(r["peak_mb"], ".0f"), _fmt(r["peak_above_grads_mb"], ".0f"),
                      _fmt(r.get("peak_mmap_above_grads_mb"), ".0f")])
-    try:
-        from tabulate import tabulate
-        print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    except ImportError:
-        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-        for i, row in enumerate([headers] + rows):
-            print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-            if i == 0:
-                print("-+-".join("-" * w for w in widths))
+    _print_rows(headers, rows)
+
+
+def print_interleaved_table(interleaved: List[dict]) -> None:
+    labels = {k: label for k, (label, _, _) in VARIANTS.items()}
+    headers = ["depth", "sweeps"] + [f"{labels[a]} / {labels[b]}" for a, b in INTERLEAVED_PAIRS]
+    rows = []
+    for r in interleaved:
+        if "error" in r:
+            rows.append([r["depth"], "failed: " + r["error"][:60]] + [""] * len(INTERLEAVED_PAIRS))
+            continue
+        cells = []
+        for a, b in INTERLEAVED_PAIRS:
+            q = r["ratios"][f"{a}/{b}"]
+            cells.append(f"{q['median']:.3f} ({q['min']:.2f}-{q['max']:.2f}; "
+                         f"faster {q['faster']}/{q['sweeps']})")
+        rows.append([r["depth"], len(r["step_times_s"][BASELINE])] + cells)
+    print("\nstep-time ratios from interleaved sweeps: median (range; sweeps in which the first "
+          "was faster)")
+    _print_rows(headers, rows)
 
 
 def plot(results: List[dict], path: Path) -> bool:
@@ -284,22 +372,30 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="timing rounds per depth: each runs every model in a fresh process, "
                         "back to back in a rotated order; step ratios are paired per round")
+    p.add_argument("--sweeps", type=int, default=8,
+                   help="interleaved timing per depth: one more fresh process holds all three "
+                        "models and runs this many sweeps of one step each (0: skip)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps, 1 round")
+                   help="tiny run for smoke tests: depths 2 4, 112x112, batch 2, 2 steps, 1 round, "
+                        "2 sweeps")
     p.add_argument("--out", type=Path, default=Path("output/benchmark_memory"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--depth", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(run_worker(args.variant, args.depth, args.batch_size, args.img_size,
-                                    args.steps)), flush=True)
+        r = (run_interleaved_worker(args.depth, args.batch_size, args.img_size, args.steps)
+             if args.interleaved else
+             run_worker(args.variant, args.depth, args.batch_size, args.img_size, args.steps))
+        print(json.dumps(r), flush=True)
         return 0
     if args.quick:
-        args.depths, args.img_size, args.batch_size, args.steps, args.rounds = [2, 4], 112, 2, 2, 1
-    if min(args.depths) < 1 or min(args.batch_size, args.steps, args.rounds) < 1:
-        p.error("depths, --batch-size, --steps and --rounds must be positive")
+        args.depths, args.img_size, args.batch_size = [2, 4], 112, 2
+        args.steps, args.rounds, args.sweeps = 2, 1, 2
+    if min(args.depths) < 1 or min(args.batch_size, args.steps, args.rounds) < 1 or args.sweeps < 0:
+        p.error("depths, --batch-size, --steps and --rounds must be positive, --sweeps >= 0")
     depths = sorted(set(args.depths))
 
     print(f"batch {args.batch_size}, {args.img_size}x{args.img_size}, depths {depths}, "
@@ -307,6 +403,7 @@ def main(argv=None) -> int:
           "one process per measurement")
     variants = list(VARIANTS)
     runs = {(v, d): [] for d in depths for v in variants}
+    interleaved: List[dict] = []
     total, done, start = len(runs) * args.rounds, 0, time.time()
     for depth in depths:
         for rnd in range(args.rounds):
@@ -322,6 +419,11 @@ def main(argv=None) -> int:
                 print(f"[{done}/{total}] {VARIANTS[variant][0]:<22} depth {depth:<3} round {rnd + 1} "
                       f"{status} ({time.time() - t0:.0f} s, total {time.time() - start:.0f} s)",
                       flush=True)
+        if args.sweeps:
+            t0 = time.time()
+            interleaved.append(run_interleaved(depth, args))
+            print(f"[interleaved] depth {depth:<3} {args.sweeps} sweeps "
+                  f"({time.time() - t0:.0f} s, total {time.time() - start:.0f} s)", flush=True)
     results = []
     for (variant, depth), rounds in runs.items():
         failed = [r for r in rounds if "error" in r]
@@ -329,9 +431,11 @@ def main(argv=None) -> int:
         results[-1]["load_avg_1min"] = max(r["load_avg_1min"] for r in rounds)
 
     add_ratios(results)
-    targets = check_targets(results, depths)
+    targets = check_targets(results, depths, interleaved)
     print()
     print_table(results)
+    if interleaved:
+        print_interleaved_table(interleaved)
     print("\nstep: forward + cross-entropy + backward + zero_grad, no optimizer step (median\n"
           "of the rounds' medians); step vs ViT-B: median of the per-round ratios.\n"
           "saved: tensors kept for backward during the forward, parameters excluded.\n"
@@ -349,17 +453,19 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"depths": depths, "batch_size": args.batch_size, "img_size": args.img_size,
-                "steps": args.steps, "rounds": args.rounds, "warmup_steps": 1, "threads": 2, "quick": args.quick,
+                "steps": args.steps, "rounds": args.rounds, "sweeps": args.sweeps, "warmup_steps": 1,
+                "threads": 2, "quick": args.quick,
                 "optimizer": "none (zero_grad(set_to_none=True) only)"}
     with contextlib.suppress(ImportError):
         import torch
         settings["torch"] = torch.__version__
     with open(args.out / "results.json", "w") as f:
-        json.dump({"settings": settings, "results": results, "targets": targets}, f, indent=2)
+        json.dump({"settings": settings, "results": results, "interleaved": interleaved,
+                   "targets": targets}, f, indent=2)
     print(f"\nwrote {args.out / 'results.json'}")
     if plot(results, args.out / "memory_vs_depth.png"):
         print(f"wrote {args.out / 'memory_vs_depth.png'}")
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r for r in results + interleaved) else 0
 
 
 if __name__ == "__main__":
