@@ -272,8 +272,10 @@ def check_targets(results: List[dict], depths: List[int], interleaved: List[dict
             how = f"interleaved, faster in {q['faster']}/{q['sweeps']} sweeps"
             wins = q["faster"] > q["sweeps"] / 2  # a median just below 1 alone can be a coin flip
         else:
-            how, vs_vit, vs_ckpt = "fresh-process rounds", paired_ratio(rev, vit), paired_ratio(rev, ckpt)
-            wins = True
+            vs_vit, vs_ckpt = paired_ratio(rev, vit), paired_ratio(rev, ckpt)
+            won = [x < y for x, y in zip(rev["step_rounds_s"], ckpt["step_rounds_s"])] if rev and ckpt else []
+            how = f"fresh-process rounds, faster in {sum(won)}/{len(won)}"
+            wins = sum(won) > len(won) / 2
         add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4", vs_vit, 1.4,
             vs_vit is not None and vs_vit <= 1.4)
         add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1; {how})",
