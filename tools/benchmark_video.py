@@ -174,7 +174,8 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
                 saved_mb=saved / MB, step_s=seconds)
 
 
-MEMORY_KEYS = ("peak_mb", "peak_minus_grads_mb", "peak_mmap_mb", "saved_mb", "step_s")
+REPEATED_KEYS = ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s")  # medians of --repeats
+MEMORY_KEYS = REPEATED_KEYS + ("peak_mmap_mb",)
 
 
 def _memory_worker(variant: str, args, env=None) -> dict:
@@ -193,7 +194,7 @@ def run_memory(args) -> List[dict]:
     for variant in MEMORY_VARIANTS:
         runs = [_memory_worker(variant, args) for _ in range(args.repeats)]
         row = dict(runs[0])
-        for key in ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s"):
+        for key in REPEATED_KEYS:
             row[key] = statistics.median(r[key] for r in runs)
         row["peak_mmap_mb"] = _memory_worker(variant, args, MMAP_MALLOC_ENV)["peak_mb"]
         rows.append(row)
