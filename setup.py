@@ -9,7 +9,7 @@ and is installed by tools/install_detectron2.py.
 
 from setuptools import find_packages, setup
 
-TOP_LEVEL_PACKAGES = ["backbones", "revdet", "revvideo"]
+TOP_LEVEL_PACKAGES = ["backbones", "revdet", "revvideo", "revvision"]
 
 setup(
     name="revvision",

@@ -37,6 +37,7 @@ from torch import nn
 from .layers import resize_pos_embed
 from .mmpretrain import config_from_mmpretrain, from_mmpretrain_keys, is_mmpretrain
 from .mvit import ModelConfig, MViT, plan_layers
+from .errors import UserError
 from .official import (IGNORED_KEYS, OFFICIAL_PREFIX, config_from_official,
                        from_official_keys)
 from .zoo import MODEL_CONFIGS, list_models, model_config
@@ -49,7 +50,7 @@ _CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 _MAX_LISTED = 50
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be read, or whose weights do not fit the model."""
 
 
