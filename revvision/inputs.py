@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterable, List, Optional, Sequence
+import re
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from backbones.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
+
+
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
+
+
+def split_config_overrides(items: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``(paths, overrides)``: a list of inputs followed by ``KEY VALUE`` config overrides
+    (as argparse hands them over when inputs take several values) is cut at the first
+    config key (``MODEL.WEIGHTS``) that is not an existing path."""
+    for i, item in enumerate(items):
+        if _CONFIG_KEY.fullmatch(item) and not os.path.exists(item):
+            return list(items[:i]), list(items[i:])
+    return list(items), []
 
 
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
@@ -71,8 +85,8 @@ def output_file(output: str, input_path: str, single: bool, extensions: Sequence
         path = output
     else:
         if os.path.isfile(output):
-            raise UserError(f"--output {output} is a file; give a folder for several inputs, or "
-                            f"a file name ending in {', '.join(extensions)} for one")
+            files = f", or a file name ending in {', '.join(extensions)} for one" if extensions else ""
+            raise UserError(f"--output {output} is a file; give a folder{files}")
         name = os.path.basename(input_path)
         if suffix:
             name = os.path.splitext(name)[0] + suffix
@@ -80,3 +94,20 @@ def output_file(output: str, input_path: str, single: bool, extensions: Sequence
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     refuse_overwrite(path, [input_path])
     return path
+
+
+def open_video(path: str):
+    """The PyAV container of ``path``, or a ``UserError`` naming it (missing, truncated,
+    corrupt, no video stream)."""
+    import av
+
+    if not os.path.isfile(path):
+        raise UserError(f"video input {path} does not exist")
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError) as e:
+        raise UserError(f"cannot read video {path}: {e}") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"{path} has no video stream")
+    return container

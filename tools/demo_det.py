@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -44,7 +43,7 @@ from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
 from revvision.cli import run  # noqa: E402
 from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs,  # noqa: E402
-                              output_file)
+                              open_video, output_file, split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,18 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. MODEL.WEIGHTS model_final.pth")
     return parser
-
-
-_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
-
-
-def split_overrides(args) -> None:
-    """``--input`` takes several paths, so trailing ``KEY VALUE`` pairs after it land in
-    ``args.input``: move everything from the first config key on to ``args.opts``."""
-    for i, item in enumerate(args.input or []):
-        if _CONFIG_KEY.fullmatch(item) and not os.path.exists(item):
-            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-            return
 
 
 def setup_cfg(args):
@@ -154,19 +141,6 @@ def run_images(predictor: Predictor, paths, targets) -> None:
             Image.fromarray(drawn.get_image()).save(target)
 
 
-def open_video(path: str):
-    import av
-
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError) as e:
-        raise UserError(f"cannot read video {path}: {e}") from None
-    if not container.streams.video:
-        container.close()
-        raise UserError(f"{path} has no video stream")
-    return container
-
-
 def run_video(predictor: Predictor, path: str, target: str) -> int:
     """Draw the detections on every frame of ``path`` into the video ``target`` (H.264, same
     frame rate and frame count); returns the number of frames."""
@@ -214,15 +188,15 @@ def run_video(predictor: Predictor, path: str, target: str) -> int:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    split_overrides(args)
+    if args.input:  # trailing KEY VALUE pairs after --input's paths
+        args.input, overrides = split_config_overrides(args.input)
+        args.opts = overrides + args.opts
     if bool(args.input) == bool(args.video_input):
         parser.error("give either --input or --video-input")
     if args.video_input and not args.output:
         parser.error("--video-input needs --output (a video file or a folder)")
     # every input and output is checked before the model is built
     if args.video_input:
-        if not os.path.isfile(args.video_input):
-            raise UserError(f"video input {args.video_input} does not exist")
         open_video(args.video_input).close()
         target = output_file(args.output, args.video_input, True, VIDEO_EXTENSIONS, ".mp4")
     else:
