@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import revdet  # noqa: E402  (registers the backbones and datasets)
-from backbones.checkpoint import is_url  # noqa: E402
 from backbones.errors import UserError  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
@@ -42,8 +41,9 @@ from detectron2.modeling import build_model  # noqa: E402
 from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
 from revvision.cli import run  # noqa: E402
-from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs,  # noqa: E402
-                              open_video, output_file, split_config_overrides)
+from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_weights,  # noqa: E402
+                              expand_inputs, merge_config, open_video, output_file,
+                              split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,26 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = revdet.add_revdet_config(get_cfg())
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise UserError(f"bad config ({args.config_file}, overrides {args.opts}): {e}") from None
+    cfg = merge_config(revdet.add_revdet_config(get_cfg()), args.config_file, args.opts)
     threshold = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
-        raise UserError("no weights to run: add MODEL.WEIGHTS FILE (e.g. "
-                        "output/demo_shapes_revmvit/model_final.pth after `make demo`)")
-    if not is_url(weights) and not os.path.isfile(weights):
-        raise UserError(f"MODEL.WEIGHTS {weights} does not exist")
+    check_weights(cfg.MODEL.WEIGHTS, "add MODEL.WEIGHTS FILE (e.g. "
+                  "output/demo_shapes_revmvit/model_final.pth after `make demo`)")
     shapes.register_shapes_from_config(cfg)  # class names of the shapes datasets
     cfg.freeze()
     return cfg

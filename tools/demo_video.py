@@ -34,13 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import revvideo  # noqa: E402  (first: pytorchvideo's torchvision import fix)
-from backbones.checkpoint import is_url  # noqa: E402
 from backbones.errors import UserError  # noqa: E402
 from revvideo.model import build_model  # noqa: E402
 from revvideo.multiview import TestViews  # noqa: E402
 from revvision.cli import run  # noqa: E402
-from revvision.inputs import (VIDEO_EXTENSIONS, expand_inputs, open_video,  # noqa: E402
-                              output_file, refuse_overwrite, split_config_overrides)
+from revvision.inputs import (VIDEO_EXTENSIONS, check_weights, expand_inputs,  # noqa: E402
+                              merge_config, open_video, output_file, refuse_overwrite,
+                              split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,22 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = revvideo.get_cfg()
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise UserError(f"bad config ({args.config_file}, overrides {args.opts}): {e}") from None
+    cfg = merge_config(revvideo.get_cfg(), args.config_file, args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
-        raise UserError("no weights to run: give --weights FILE (e.g. "
-                        "output/demo_video_revmvit/model_final.pth after `make demo-video`)")
-    if not is_url(weights) and not os.path.isfile(weights):
-        raise UserError(f"weights file {weights} does not exist")
+    check_weights(cfg.MODEL.WEIGHTS, "give --weights FILE (e.g. "
+                  "output/demo_video_revmvit/model_final.pth after `make demo-video`)")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
