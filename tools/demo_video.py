@@ -119,12 +119,8 @@ def decode(path: str):
 
 class ConsecutiveClips(TestViews):
     """One center crop of each consecutive clip from the start of the video to its end
-    (the clip length and frame stride of the test views)."""
-
-    def __init__(self, cfg):
-        d = cfg.DATA
-        super().__init__(d.NUM_FRAMES, d.SAMPLING_RATE, d.TARGET_FPS, 1, 1,
-                         d.TRAIN_JITTER_SCALES[0], d.TEST_CROP_SIZE, d.MEAN, d.STD)
+    (the clip length and frame stride of the test views). Build with
+    ``ConsecutiveClips.from_config(cfg, num_clips=1, num_crops=1)``."""
 
     def clip_length(self, fps: float) -> float:
         """Frames per clip, as ``official_clip_indices`` computes it."""
@@ -181,7 +177,7 @@ def classify(model, cfg, path: str, names: Sequence[str], args) -> Dict:
     for n, entry in enumerate(result["top"], 1):
         print(f"  {n}. {entry['label']:<32} {entry['score']:.3f}")
     if args.timeline:
-        clips = ConsecutiveClips(cfg)
+        clips = ConsecutiveClips.from_config(cfg, num_clips=1, num_crops=1)
         size = clips.clip_length(fps)
         per_clip = scores(model, clips({"video": video, "fps": fps})["video"], cfg.TEST.BATCH_SIZE)
         starts = [i * size / fps for i in range(len(per_clip))]
