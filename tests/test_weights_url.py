@@ -137,3 +137,21 @@ def test_eval_cls_weights_from_a_url(server, tmp_path):
                            progress=False)
     assert remote["images"] == local["images"] == 2
     assert remote["top1"] == local["top1"] and server.requests == ["/models/cls.pth"]
+
+
+def test_without_iopath_a_url_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "iopath.common.file_io", None)  # import fails
+    with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:9/w\.pth: weights "
+                                        r"from a URL need iopath \(pip install iopath\)"):
+        backbones.load_pretrained("http://127.0.0.1:9/w.pth")
+
+
+def test_backbones_imports_without_iopath():
+    import subprocess
+    import sys
+
+    code = ("import sys; import backbones; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('iopath', 'detectron2')]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
