@@ -55,6 +55,7 @@ def demo(detector, *args, check=True):
     return proc
 
 
+@pytest.mark.slow  # with the detector fixture: ~20-60 s
 def test_images_of_every_colour_mode_are_drawn(detector, tmp_path):
     source = Image.open(sorted(detector[2].iterdir())[0]).convert("RGB")
     inputs = tmp_path / "in"
@@ -82,6 +83,7 @@ def test_images_of_every_colour_mode_are_drawn(detector, tmp_path):
         assert count > 0 and any(c in line for c in ("circle", "square", "triangle")), line
 
 
+@pytest.mark.slow  # with the detector fixture: ~20-60 s
 def test_single_image_to_a_file(detector, tmp_path):
     image = sorted(detector[2].iterdir())[1]
     demo(detector, "--input", image, "--output", tmp_path / "pred.jpg",
@@ -89,12 +91,14 @@ def test_single_image_to_a_file(detector, tmp_path):
     assert Image.open(tmp_path / "pred.jpg").format == "JPEG"
 
 
+@pytest.mark.slow  # with the detector fixture: ~20-60 s
 def test_without_output_the_detections_are_printed(detector):
     proc = demo(detector, "--input", str(detector[2] / "*.png"), "--confidence-threshold", 0.0)
     assert len([ln for ln in proc.stdout.splitlines() if " instances in " in ln]) == \
         len(list(detector[2].glob("*.png")))
 
 
+@pytest.mark.slow  # with the detector fixture: ~20-60 s
 def test_video_is_annotated_frame_by_frame(detector, tmp_path):
     from revvideo.synthetic import write_mp4
 
@@ -114,33 +118,77 @@ def test_video_is_annotated_frame_by_frame(detector, tmp_path):
     assert "frame" in proc.stderr  # the progress bar
 
 
-def _bad_inputs(tmp_path, images):
-    good = sorted(images.iterdir())[0]
-    (tmp_path / "empty").mkdir()
-    corrupt = tmp_path / "broken.png"
-    corrupt.write_bytes(good.read_bytes()[:200])  # a truncated PNG
-    truncated = tmp_path / "cut.mp4"
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """configs/demo_shapes_revmvit.yaml as `make demo` trains it, with untrained weights."""
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import revdet
+    from revdet.checkpoint import RevDetCheckpointer
+
+    root = tmp_path_factory.mktemp("untrained")
+    cfg = revdet.add_revdet_config(get_cfg())
+    cfg.merge_from_file(str(CONFIG))
+    torch.manual_seed(0)
+    RevDetCheckpointer(build_model(cfg), str(root)).save("model_final")
+    return root / "model_final.pth"
+
+
+CONFIG = ROOT / "configs" / "demo_shapes_revmvit.yaml"
+
+
+def start(args):
+    return subprocess.Popen([sys.executable, str(TOOL), "--config", str(CONFIG), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_the_make_demo_config_names_the_shapes(untrained, tmp_path):
+    """Its checkpoint loads and the class names come from the shapes metadata (untrained
+    weights: every score counts)."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), np.uint8)).save(tmp_path / "noise.png")
+    proc = start(["--input", tmp_path / "noise.png", "--confidence-threshold", 0,
+                  "MODEL.WEIGHTS", untrained])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    found = out.strip().splitlines()[-1].split("s: ", 1)[1].split(", ")
+    assert found and {f.rsplit(" ", 1)[0] for f in found} <= {"circle", "square", "triangle"}
+
+
+@pytest.mark.slow  # six processes, each importing torch and detectron2
+def test_bad_inputs_are_one_clear_error(untrained, tmp_path):
+    """Each case in its own process (started together): exit status 2, one message naming
+    the culprit, no traceback, and the inputs untouched."""
     from revvideo.synthetic import write_mp4
 
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(good)
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(good.read_bytes()[:60])  # a truncated PNG
+    truncated = tmp_path / "cut.mp4"
     write_mp4(truncated, np.zeros((6, 32, 32, 3), np.uint8), fps=5)
     truncated.write_bytes(truncated.read_bytes()[:-400])
-    return {
+    cases = {
         "missing": (["--input", tmp_path / "nope.png"], "nope.png does not exist"),
         "empty folder": (["--input", tmp_path / "empty"], "contains no image files"),
-        "corrupt image": (["--input", corrupt], "cannot read image " + str(corrupt)),
+        "corrupt image": (["--input", corrupt], f"cannot read image {corrupt}"),
         "truncated video": (["--video-input", truncated, "--output", tmp_path / "o.mp4"],
-                            "cannot read video " + str(truncated)),
-        "output over input": (["--input", good, "--output", good], "refusing to write"),
+                            f"cannot read video {truncated}"),
+        "output over input": (["--input", good, "--output", good],
+                              f"refusing to write {good}: it is the input"),
+        "missing weights": (["--input", good, "MODEL.WEIGHTS", tmp_path / "w.pth"],
+                            f"weights file {tmp_path / 'w.pth'} does not exist"),
     }
-
-
-@pytest.mark.parametrize("case", ["missing", "empty folder", "corrupt image", "truncated video",
-                                  "output over input"])
-def test_bad_input_is_one_clear_error(detector, tmp_path, case):
-    args, message = _bad_inputs(tmp_path, detector[2])[case]
-    before = {p: p.read_bytes() for p in detector[2].iterdir()}
-    proc = demo(detector, *args, check=False)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "demo_det.py: error:" in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert {p: p.read_bytes() for p in detector[2].iterdir()} == before
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    running = {case: start([*args, "MODEL.WEIGHTS", untrained] if "weights" not in case else args)
+               for case, (args, _) in cases.items()}
+    for case, proc in running.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (case, err[-3000:])
+        assert "demo_det.py: error:" in err and cases[case][1] in err, (case, err[-3000:])
+        assert "Traceback" not in err, case
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
