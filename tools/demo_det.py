@@ -158,15 +158,14 @@ def run_video(predictor: Predictor, path: str, target: str) -> int:
                 sink.mux(out.encode(picture))
                 frames += 1
             sink.mux(out.encode())
-        except av.FFmpegError as e:
+            sink.close()
+        except BaseException as e:  # no half-written video is left behind
             sink.close()
             os.remove(target)
-            raise UserError(f"cannot decode video {path} after {frames} frame(s): {e}") from None
-        except BaseException:
-            sink.close()
-            os.remove(target)
+            if isinstance(e, av.FFmpegError):
+                raise UserError(f"cannot decode video {path} after {frames} frame(s): "
+                                f"{e}") from None
             raise
-        sink.close()
     if frames == 0:
         os.remove(target)
         raise UserError(f"{path} has no decodable video frames")
