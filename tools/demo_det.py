@@ -47,7 +47,8 @@ from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_weights,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
                         required=True, help="revdet config, e.g. configs/demo_shapes_revmvit.yaml")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video-input", metavar="FILE", help="a video file (read with PyAV)")
     parser.add_argument("--output", metavar="PATH",
                         help="folder for the drawn results, or a file for a single input")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE",
                         help="minimum score of the drawn detections (default 0.5)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",

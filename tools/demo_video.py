@@ -44,7 +44,8 @@ from revvision.inputs import (VIDEO_EXTENSIONS, check_weights, expand_inputs,  #
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
                         required=True, help="video config, e.g. configs/kinetics_revmvit_b_16x4.yaml")
@@ -57,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of the timeline plots (default output/demo_video)")
     parser.add_argument("--json", metavar="FILE", help="write the predictions as JSON")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    parser.add_argument("inputs", nargs="+", metavar="VIDEO [KEY VALUE ...]",
-                        help="video files, folders or glob patterns, then config overrides")
+    parser.add_argument("inputs", nargs="+", metavar="VIDEO",
+                        help="video files, folders or glob patterns, then KEY VALUE config "
+                             "overrides")
     return parser
 
 
