@@ -16,6 +16,10 @@ would need arbitrary unpickling are refused, never executed.
     model = backbones.load_pretrained("REV_VIT_B.pyth")              # architecture from the file
     model = backbones.load_pretrained("REV_VIT_B.pyth", input_size=(256, 256))  # pos-embed resized
     sd, cfg = backbones.read_state_dict("REV_MVIT_B.pyth")            # revvision names, ModelConfig
+    model = backbones.load_pretrained("https://dl.fbaipublicfiles.com/pyslowfast/rev/REV_VIT_B.pyth")
+
+Every reader also takes an ``http(s)://`` URL: the file is downloaded once into the cache
+(``$REVVISION_CACHE``, else ``~/.cache/revvision``) and read from there afterwards.
 """
 
 from __future__ import annotations
@@ -91,9 +95,40 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------------------- reading
+def is_url(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith(("http://", "https://"))
+
+
+def cache_dir() -> str:
+    """Where downloaded weights are kept: ``$REVVISION_CACHE``, else ``~/.cache/revvision``."""
+    return os.environ.get("REVVISION_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                            "revvision")
+
+
+def download(url: str) -> str:
+    """The local copy of ``url``, downloaded on first use (iopath's ``PathManager``, as in
+    Detectron2) into ``cache_dir()/<path of the URL>``; later calls read the cached file."""
+    try:  # imported here: `import backbones` needs torch only
+        from iopath.common.file_io import HTTPURLHandler, PathManager
+    except ImportError:
+        raise CheckpointError(f"cannot download {url}: weights from a URL need iopath "
+                              "(pip install iopath), or download the file and pass its "
+                              "path") from None
+    manager = PathManager()
+    manager.register_handler(HTTPURLHandler())
+    try:
+        return manager.get_local_path(url, cache_dir=cache_dir())
+    except OSError as e:  # urllib's HTTPError and URLError are OSErrors
+        raise CheckpointError(f"cannot download {url}: {e}") from None
+
+
 def load_file(path: PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file."""
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
+
+    ``path`` may be an ``http(s)://`` URL (see ``download``)."""
     path = os.fspath(path)
+    if is_url(path):
+        path = download(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if os.path.isdir(path):

@@ -151,7 +151,7 @@ class MultiScaleAttention(nn.Module):
 def resize_pos_embed(pos: torch.Tensor, src: Sequence[int], dst: Sequence[int],
                      mode: str = "bicubic") -> torch.Tensor:
     """Resize a ``(1, prod(src), C)`` embedding laid out on grid ``src`` to grid ``dst``."""
-    if tuple(src) == tuple(dst):
+    if tuple(src) == tuple(dst) and not torch.jit.is_tracing():  # traced: the size may vary
         return pos
     c = pos.shape[-1]
     grid = pos.reshape(1, *src, c).movedim(-1, 1)

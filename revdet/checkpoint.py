@@ -12,6 +12,8 @@
   detector's backbone namespace, the classifier ``head.*`` and final ``norm.*`` dropped, the
   position embedding resized when the detector's pretraining grid differs, and any other
   mismatch reported as one error naming the file;
+* takes ``http(s)://`` URLs, downloaded once into revvision's cache
+  (``backbones.checkpoint.download``);
 * writes checkpoints atomically (temporary file, then rename), so an interrupted run
   resumes with ``--resume`` from the last complete file.
 """
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
-from backbones.checkpoint import atomic_write, read_state_dict
+from backbones.checkpoint import atomic_write, download, is_url, read_state_dict
 from backbones.layers import resize_pos_embed
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -137,6 +139,9 @@ def load_pkl(path: str) -> Any:
 
 class RevDetCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving."""
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        return super().load(download(path) if is_url(path) else path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):

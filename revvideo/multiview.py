@@ -89,6 +89,15 @@ class TestViews:
         self.div = Div255()
         self.normalize = Normalize(tuple(mean), tuple(std))
 
+    @classmethod
+    def from_config(cls, cfg, num_clips: int = 0, num_crops: int = 0) -> "TestViews":
+        """The views ``cfg``'s evaluation takes (``TEST.NUM_ENSEMBLE_VIEWS`` x
+        ``TEST.NUM_SPATIAL_CROPS`` unless given)."""
+        d = cfg.DATA
+        return cls(d.NUM_FRAMES, d.SAMPLING_RATE, d.TARGET_FPS,
+                   num_clips or cfg.TEST.NUM_ENSEMBLE_VIEWS, num_crops or cfg.TEST.NUM_SPATIAL_CROPS,
+                   d.TRAIN_JITTER_SCALES[0], d.TEST_CROP_SIZE, d.MEAN, d.STD)
+
     @property
     def num_views(self) -> int:
         return self.num_clips * self.num_crops

@@ -8,7 +8,8 @@
 ``--data`` is a folder with one subfolder per class; class indices follow the sorted folder
 names (the ImageNet synsets n01440764 ... for the released models), and their number must
 equal the model's classes. ``--weights`` is any checkpoint ``backbones.load_pretrained``
-reads (official ``.pyth``, mmpretrain, revvision); the architecture comes from the file.
+reads (official ``.pyth``, mmpretrain, revvision), a file or an ``http(s)://`` URL (downloaded
+once into the cache); the architecture comes from the file.
 
 Protocol (official SlowFast ImageNet evaluation, one view per image): RGB -> resize the
 short side to ``int(crop / 0.875)`` (256 for crop 224) with bicubic interpolation -> center
@@ -175,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--weights", required=True, help="checkpoint file (.pyth, mmpretrain .pth, revvision)")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint file (.pyth, mmpretrain .pth, revvision) or http(s):// URL")
     p.add_argument("--data", required=True, help="ImageFolder root: one subfolder per class")
     p.add_argument("--limit", type=int, help="evaluate N images spread over the data set")
     p.add_argument("--batch-size", type=int, default=64)
