@@ -1,18 +1,22 @@
-#!/usr/bin/env python
 """Train or evaluate Mask R-CNN with a Rev-MViT / Rev-ViT (or twin) backbone on Detectron2.
 
-    python tools/train_det.py --config configs/demo_shapes_revmvit.yaml
-    python tools/train_det.py --config configs/coco_revmvit.yaml --num-gpus 8
-    python tools/train_det.py --config FILE --resume                 # continue in OUTPUT_DIR
+    python tools/train_det.py                                  # the built-in demo
+    python tools/train_det.py --config coco_revmvit.yaml --num-gpus 8
+    python tools/train_det.py --config FILE --resume           # continue in OUTPUT_DIR
     python tools/train_det.py --config FILE --eval-only MODEL.WEIGHTS output/x/model_final.pth
     python tools/train_det.py --config FILE --num-machines 2 --machine-rank 0 \\
         --dist-url tcp://host:port  [KEY VALUE ...]
 
-``--config-file`` is accepted as well. Trailing ``KEY VALUE`` pairs override the config.
-``MODEL.WEIGHTS`` takes an official ImageNet ``.pyth`` (converted on the fly) or a
-revvision / Detectron2 checkpoint. OUTPUT_DIR receives the log, ``config.yaml``,
-``metrics.json``, TensorBoard events, checkpoints and the COCO results. Without a GPU
-training runs on the CPU, several processes communicating through gloo.
+The same command is ``revvision-train-det`` or ``python -m revvision.train_det``.
+``--config`` (or ``--config-file``) takes a YAML path or the name of one of revvision's
+configs (``coco_revmvit``, ``coco_revmvit.yaml``, ``configs/coco_revmvit.yaml``) from any
+directory; without it the demo (``demo_shapes_revmvit.yaml``) runs. Trailing ``KEY VALUE``
+pairs override the config. ``MODEL.WEIGHTS`` takes an official ImageNet ``.pyth``
+(converted on the fly) or a revvision / Detectron2 checkpoint. OUTPUT_DIR receives the
+log, ``config.yaml``, ``metrics.json``, TensorBoard events, checkpoints and the COCO
+results. Without a GPU training runs on the CPU, several processes communicating through
+gloo. Problems with the config, data or weights end with one message and exit status 2
+(``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
 # threads slow a multi-threaded step down several-fold. Set before torch starts OpenMP.
@@ -28,16 +31,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import revdet  # noqa: E402  (registers the backbones, datasets and patches)
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
+from revdet.data import check_datasets  # noqa: E402
 from revdet.engine import Trainer, ap_table, visualize  # noqa: E402
+from revvision import cli as command_line  # noqa: E402
+from revvision.config_files import merge_config  # noqa: E402
+
+DEMO_CONFIG = "demo_shapes_revmvit.yaml"
 
 logger = logging.getLogger("revdet.train_det")
 
@@ -45,16 +51,18 @@ logger = logging.getLogger("revdet.train_det")
 def build_parser() -> argparse.ArgumentParser:
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        metavar="FILE", help="path to config file (same as --config-file)")
+                        metavar="FILE", help="config file or name (same as --config-file)")
+    command_line.add_debug_argument(parser)
     return parser
 
 
+def load_config(args):
+    """The merged config of ``args`` (``args.config_file`` is a resolved path, see ``cli``)."""
+    return merge_config(revdet.add_revdet_config(get_cfg()), args.config_file, args.opts)
+
+
 def setup(args):
-    cfg = revdet.add_revdet_config(get_cfg())
-    if not args.config_file:
-        raise SystemExit("train_det.py: give a config with --config FILE")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
@@ -107,17 +115,22 @@ def main(args):
     return results
 
 
+def check_inputs(cfg, args) -> None:
+    """Fail before any worker starts if the data or the weights are missing."""
+    shapes.register_shapes_from_config(cfg)
+    shapes.generate_used(cfg)  # the synthetic data, once here rather than in every worker
+    used = list(cfg.DATASETS.TEST) if args.eval_only else \
+        list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    check_datasets(used)
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not resuming:  # Detectron2 then loads MODEL.WEIGHTS
+        command_line.check_weights(cfg.MODEL.WEIGHTS)
+
+
 def cli(argv=None):
-    args = build_parser().parse_args(argv)
-    # Generate the synthetic data once here, not concurrently in every worker.
-    if args.config_file:
-        cfg = revdet.add_revdet_config(get_cfg())
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        shapes.generate_used(cfg)
-    print("Command Line Args:", args, flush=True)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    """The command line (tools/train_det.py, revvision-train-det)."""
+    command_line.train_command(argv, build_parser().parse_args, DEMO_CONFIG, "detection",
+                               load_config, check_inputs, main)
 
 
 if __name__ == "__main__":
