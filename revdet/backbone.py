@@ -60,7 +60,7 @@ class StageBackbone(Backbone):
         super().__init__()
         if net.cfg.is_video:
             raise ConfigError("detection backbones need an image model, got a video config "
-                             f"with input_size={net.cfg.input_size}")
+                              f"with input_size={net.cfg.input_size}")
         net.norm = nn.Identity()
         net.head = nn.Identity()
         self.net = net
@@ -69,7 +69,7 @@ class StageBackbone(Backbone):
         unknown = [f for f in out_features if f not in names]
         if unknown:
             raise ConfigError(f"out_features {unknown} not produced by this backbone; "
-                             f"its stages are {names} (strides {net.stage_strides})")
+                              f"its stages are {names} (strides {net.stage_strides})")
         self._stage_index = {name: i for i, name in enumerate(names)}
         self._out_features = out_features
         self._out_feature_channels = {n: net.stage_channels[self._stage_index[n]]
@@ -119,7 +119,7 @@ def build_net(cfg, reversible: bool, family: str, in_chans: int = 3) -> MViT:
     arch = c.ARCH[4:] if c.ARCH.startswith("rev_") else c.ARCH
     if not arch.startswith(family):
         raise ConfigError(f"MODEL.REVDET.ARCH={c.ARCH!r} is not a {family} architecture "
-                         f"(the backbone {cfg.MODEL.BACKBONE.NAME} builds {family}_*)")
+                          f"(the backbone {cfg.MODEL.BACKBONE.NAME} builds {family}_*)")
     overrides = dict(input_size=(c.INPUT_SIZE, c.INPUT_SIZE), in_chans=in_chans)
     for key, field in (("EMBED_DIM", "embed_dim"), ("DEPTH", "depth"),
                        ("NUM_HEADS", "num_heads"), ("MLP_RATIO", "mlp_ratio")):

@@ -66,7 +66,7 @@ def _grid(n: int, cfg: Optional[ModelConfig], path: str) -> Tuple[int, int]:
     side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(f"{path}: cannot infer the grid of a {n}-token position embedding "
-                         "without the checkpoint's config")
+                              "without the checkpoint's config")
     return side, side
 
 
@@ -76,12 +76,12 @@ def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[
     nets = find_backbone_nets(model)
     if len(nets) != 1:
         raise CheckpointError(f"cannot load backbone checkpoint {path}: the model has {len(nets)} "
-                         "revvision backbones (expected one)")
+                              "revvision backbones (expected one)")
     prefix, net = nets[0]
     if ckpt_cfg is not None and ckpt_cfg.reversible != net.cfg.reversible:
         kind = {True: "reversible", False: "non-reversible"}
         raise CheckpointError(f"{path} holds a {kind[ckpt_cfg.reversible]} model but the backbone "
-                         f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
+                              f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
     ours = net.state_dict()
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -105,7 +105,8 @@ def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[
                 more = f" ... (+{len(items) - 5})" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"backbone checkpoint {path} does not match the detector's backbone "
-                         f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): " + "; ".join(parts))
+                              f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): "
+                              + "; ".join(parts))
     base = prefix + "." if prefix else ""
     return {base + k: v for k, v in out.items()}
 
@@ -132,7 +133,7 @@ def load_pkl(path: str) -> Any:
             return _NumpyOnlyUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: {e} (only numpy arrays and plain "
-                           "containers are unpickled)") from None
+                              "containers are unpickled)") from None
 
 
 class RevDetCheckpointer(DetectionCheckpointer):
@@ -153,7 +154,7 @@ class RevDetCheckpointer(DetectionCheckpointer):
                 return loaded
             if "model_state" not in loaded.get("model", {}):
                 raise CheckpointError(f"cannot load {filename}: a .pyth file must be an official "
-                                 "Rev-ViT/Rev-MViT or a pycls checkpoint with 'model_state'")
+                                      "Rev-ViT/Rev-MViT or a pycls checkpoint with 'model_state'")
             state = {k: v for k, v in loaded["model"]["model_state"].items()
                      if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}

@@ -28,8 +28,8 @@ def safe_load(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it needs arbitrary unpickling, which "
-                           f"could run code ({str(e).splitlines()[0]}). Only weights_only files "
-                           "(tensors, numbers, strings, lists, dicts) are loaded.") from None
+                              f"could run code ({str(e).splitlines()[0]}). Only weights_only files "
+                              "(tensors, numbers, strings, lists, dicts) are loaded.") from None
 
 
 class VideoCheckpointer(Checkpointer):
@@ -39,7 +39,7 @@ class VideoCheckpointer(Checkpointer):
         data = safe_load(f)
         if not isinstance(data, dict) or "model" not in data:
             raise CheckpointError(f"{f} is not a training checkpoint of tools/train_video.py "
-                               "(no 'model' entry); pass other weights as MODEL.WEIGHTS")
+                                  "(no 'model' entry); pass other weights as MODEL.WEIGHTS")
         return data
 
     def save(self, name: str, **kwargs: Any) -> None:

@@ -295,7 +295,7 @@ def dataset_dir(cfg) -> str:
         return str(ensure_dataset(spec_from_cfg(cfg), cfg.DATA.SYNTHETIC.ROOT or None))
     if cfg.DATA.DATASET != "kinetics":
         raise DatasetError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r} "
-                         "(expected 'kinetics' or 'synthetic_shapes')")
+                           "(expected 'kinetics' or 'synthetic_shapes')")
     return cfg.DATA.PATH_TO_DATA_DIR
 
 

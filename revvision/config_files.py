@@ -60,12 +60,16 @@ def choose_config(value: Optional[str], default: str, default_reason: str) -> Tu
 def merge_config(cfg, config_file: os.PathLike, opts: Sequence[str] = ()):
     """Merge a config file, then ``KEY VALUE`` overrides, into ``cfg``; return ``cfg``.
 
-    yacs reports a bad key or value as a ``KeyError``, ``ValueError`` or ``AssertionError``
-    (and PyYAML a malformed file as a ``YAMLError``); they become one ``UserError`` naming
-    the file or the override and the key.
+    yacs reports a bad key or value as a ``KeyError``, ``ValueError`` or ``AssertionError``,
+    PyYAML a malformed file as a ``YAMLError``, fvcore a missing ``_BASE_`` as a
+    ``FileNotFoundError``; each becomes one ``UserError`` naming the file or the override,
+    and the key.
     """
     try:
         cfg.merge_from_file(str(config_file))
+    except FileNotFoundError as e:  # the file itself exists: one of its _BASE_ files is missing
+        raise UserError(f"config {config_file}: the _BASE_ file {e.filename} does not exist "
+                        "(a relative _BASE_ is taken from the including file's folder)") from None
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as e:
         raise UserError(f"config {config_file}: {_describe(e)}. Fix the file (valid keys and "
                         "their types are the defaults in revdet/config.py, revvideo/config.py "

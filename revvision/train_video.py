@@ -18,10 +18,11 @@ The same command is ``revvision-train-video`` or ``python -m revvision.train_vid
 ``--config`` (or ``--config-file``) takes a YAML path or the name of one of revvision's
 configs (``demo_video_revmvit``, ``kinetics_revmvit_b_16x4.yaml``, ``configs/...``) from any
 directory; without it the demo (``demo_video_revmvit.yaml``) runs. Then Detectron2's
-``--eval-only``, ``--resume``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, and trailing
-``KEY VALUE`` config overrides (keys: ``revvideo/config.py``). ``MODEL.WEIGHTS`` takes an
-official ``.pyth``, a checkpoint of this tool, or any file ``backbones.load_checkpoint``
-reads (``MODEL.ARCH weights`` builds the architecture stored in it). OUTPUT_DIR receives
+``--eval-only``, ``--resume``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``,
+``--dist-url``, and trailing ``KEY VALUE`` config overrides (keys: ``revvideo/config.py``).
+``MODEL.WEIGHTS`` takes an official ``.pyth``, a checkpoint of this tool, or any file
+``backbones.load_checkpoint`` reads (``MODEL.ARCH weights`` builds the architecture stored
+in it). OUTPUT_DIR receives
 ``log.txt``, ``config.yaml``, ``metrics.json``, TensorBoard events, the checkpoints
 ``model_*.pth`` / ``model_final.pth`` (``last_checkpoint`` names the newest) and the
 results (``results.md``, ``eval_results.json``). Without a GPU everything runs on the CPU,

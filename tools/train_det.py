@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ``revvision-train-det`` command from a checkout: see revvision/train_det.py or ``--help``."""
+"""``revvision-train-det`` from a checkout: see revvision/train_det.py or ``--help``."""
 
 import os
 import sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ``revvision-train-video`` command from a checkout: see revvision/train_video.py or ``--help``."""
+"""``revvision-train-video`` from a checkout: see revvision/train_video.py or ``--help``."""
 
 import os
 import sys
