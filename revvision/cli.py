@@ -35,6 +35,12 @@ def run(main: Callable[[], T], prog: str = None) -> T:
         raise SystemExit(2) from None
 
 
+def describe(error: Exception) -> str:
+    """An exception's message (a ``KeyError``'s without the quotes ``str`` adds)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return str(message).strip() or type(error).__name__
+
+
 def add_debug_argument(parser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of errors (also: REVVISION_DEBUG=1)")

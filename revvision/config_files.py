@@ -18,6 +18,8 @@ import yaml
 
 from backbones.errors import UserError
 
+from .cli import describe
+
 _PACKAGED = Path(__file__).resolve().parent / "configs"  # a regular install
 _CHECKOUT = Path(__file__).resolve().parents[1] / "configs"  # a checkout or editable install
 
@@ -71,17 +73,12 @@ def merge_config(cfg, config_file: os.PathLike, opts: Sequence[str] = ()):
         raise UserError(f"config {config_file}: the _BASE_ file {e.filename} does not exist "
                         "(a relative _BASE_ is taken from the including file's folder)") from None
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as e:
-        raise UserError(f"config {config_file}: {_describe(e)}. Fix the file (valid keys and "
+        raise UserError(f"config {config_file}: {describe(e)}. Fix the file (valid keys and "
                         "their types are the defaults in revdet/config.py, revvideo/config.py "
                         "and Detectron2's config/defaults.py).") from None
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as e:
-        raise UserError(f"command-line override: {_describe(e)} (after {config_file}). "
+        raise UserError(f"command-line override: {describe(e)} (after {config_file}). "
                         "Overrides are KEY VALUE pairs of existing keys.") from None
     return cfg
-
-
-def _describe(error: Exception) -> str:
-    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return str(message).strip() or type(error).__name__
