@@ -168,6 +168,17 @@ def test_bad_config_key_and_value_exit_2(tmp_path):
     assert_user_error(proc, "command-line override", "TRAIN.BATCH_SIZE")
 
 
+def test_malformed_coco_annotations_exit_2(tmp_path):
+    coco = tmp_path / "datasets" / "coco"
+    (coco / "val2017").mkdir(parents=True)
+    (coco / "annotations").mkdir()
+    broken = coco / "annotations" / "instances_val2017.json"
+    broken.write_text('{"images": [')
+    proc = run_tool(TRAIN_DET, "--eval-only", "DATASETS.TEST", "('coco_2017_val',)",
+                    cwd=tmp_path, DETECTRON2_DATASETS=tmp_path / "datasets")
+    assert_user_error(proc, f"malformed annotation file {broken}: not valid JSON")
+
+
 def test_missing_weights_file_exits_2(tmp_path):
     proc = run_tool(TRAIN_DET, "--config", "demo_shapes_revmvit", "MODEL.WEIGHTS",
                     "no/such/REV_MVIT_B.pyth", "DATASETS.SHAPES.ROOT", tmp_path / "shapes",
