@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable, TypeVar
 
 from backbones.errors import UserError
@@ -46,17 +47,35 @@ def add_debug_argument(parser) -> None:
                         help="show the traceback of errors (also: REVVISION_DEBUG=1)")
 
 
-def check_weights(path: str, key: str = "MODEL.WEIGHTS") -> None:
-    """A local weights file that does not exist is a ``UserError`` (URLs are not checked)."""
-    if path and "://" not in path and not os.path.isfile(path):
+def check_weights(path: str, key: str = "MODEL.WEIGHTS", read: bool = False) -> None:
+    """A local weights file that does not exist is a ``UserError`` (URLs are not checked);
+    with ``read`` (before starting several processes), so is one that cannot be loaded
+    safely: ``CheckpointError``."""
+    if not path or "://" in path:
+        return
+    if not os.path.isfile(path):
         raise UserError(
             f"{key} {path}: no such file (relative paths start in {os.getcwd()}). Download the "
             f"checkpoint and give its path after the config (... {key} path/to/file), or "
             f'set {key} "" to start without weights.')
+    if read and not path.endswith(".pkl"):  # Detectron2's pickles are read by revdet
+        from backbones.checkpoint import load_file
+
+        load_file(path)
 
 
 def _run_worker(main: Callable, *args):
-    return run(lambda: main(*args))
+    def worker():
+        try:
+            return main(*args)
+        except UserError:
+            from detectron2.utils import comm
+
+            if comm.get_rank() > 0:  # most problems hit every process: let rank 0 say it alone
+                time.sleep(5)
+            raise
+
+    return run(worker)
 
 
 def launch(main: Callable, args) -> None:

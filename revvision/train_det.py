@@ -124,7 +124,8 @@ def check_inputs(cfg, args) -> None:
     check_datasets(used)
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:  # Detectron2 then loads MODEL.WEIGHTS
-        command_line.check_weights(cfg.MODEL.WEIGHTS)
+        command_line.check_weights(cfg.MODEL.WEIGHTS,
+                                   read=args.num_gpus * args.num_machines > 1)
 
 
 def cli(argv=None):

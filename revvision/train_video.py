@@ -133,7 +133,8 @@ def check_inputs(cfg, args) -> None:
     if args.eval_only or cfg.TEST.ENABLE:
         read_split(cfg, cfg.DATA.TEST_SPLIT)
     if not (args.eval_only and args.resume and last_checkpoint(cfg)):
-        command_line.check_weights(cfg.MODEL.WEIGHTS)
+        command_line.check_weights(cfg.MODEL.WEIGHTS,
+                                   read=args.num_gpus * args.num_machines > 1)
 
 
 def cli(argv=None):
