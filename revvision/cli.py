@@ -5,6 +5,10 @@ one line ``<prog>: error: <message>`` on stderr and the process exits with statu
 status argparse uses for bad arguments). ``--debug`` on the command line or
 ``REVVISION_DEBUG=1`` in the environment lets the traceback through instead. Any other
 exception is a bug and keeps its traceback.
+
+``train_command`` is what the train tools share: the config chosen (``--config`` or the
+demo) and checked, the data and weights checked, all before ``launch`` starts any worker
+process; a ``UserError`` inside a worker still ends in one message and status 2.
 """
 
 from __future__ import annotations

@@ -40,11 +40,10 @@ def resolve_config(value: str) -> Path:
     if path.is_file():
         return path.resolve()
     name = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
-    if not name.suffix:
-        name = name.with_suffix(".yaml")
-    own = config_dir() / name
-    if not path.is_absolute() and own.is_file():
-        return own
+    if name.name and not path.is_absolute():
+        own = config_dir() / (name if name.suffix else name.with_suffix(".yaml"))
+        if own.is_file():
+            return own
     raise UserError(
         f"config {value!r} not found: it is neither a file (looked in {os.getcwd()}) nor one "
         f"of revvision's configs ({config_dir()}). Available: {', '.join(config_names())}. "
