@@ -7,9 +7,26 @@ live in requirements.txt, which `make venv` installs; detectron2 itself is not o
 and is installed by tools/install_detectron2.py.
 """
 
+import glob
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 TOP_LEVEL_PACKAGES = ["backbones", "revdet", "revvideo", "revvision"]
+
+
+class build_py_with_configs(build_py):
+    """Also copy the top-level configs/ into the built package as revvision/configs, where
+    an installed revvision finds its recipes (revvision/config_files.py). A checkout or an
+    editable install reads configs/ itself."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "revvision", "configs")
+        self.mkpath(target)
+        for path in sorted(glob.glob(os.path.join("configs", "*.yaml"))):
+            self.copy_file(path, os.path.join(target, os.path.basename(path)))
 
 setup(
     name="revvision",
@@ -24,6 +41,12 @@ setup(
     # put the root on sys.path (a .pth file) rather than map only the packages that exist
     # at install time, so a package added later imports without reinstalling.
     package_dir={"": "."},
+    cmdclass={"build_py": build_py_with_configs},
+    # The same commands as tools/train_det.py and tools/train_video.py.
+    entry_points={"console_scripts": [
+        "revvision-train-det = revvision.train_det:cli",
+        "revvision-train-video = revvision.train_video:cli",
+    ]},
     install_requires=[
         "torch>=2.1",
         "pyyaml",

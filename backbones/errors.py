@@ -10,3 +10,7 @@ and the message names the file or key and says what to do.
 
 class UserError(Exception):
     """A problem with the user's input (file, path, config, checkpoint), not with revvision."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (the message names the key and what it accepts)."""

@@ -26,6 +26,7 @@ from torch import nn
 
 import backbones
 from backbones import MViT
+from backbones.errors import ConfigError
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
@@ -58,8 +59,8 @@ class StageBackbone(Backbone):
                  stage_norm: bool = True):
         super().__init__()
         if net.cfg.is_video:
-            raise ValueError("detection backbones need an image model, got a video config "
-                             f"with input_size={net.cfg.input_size}")
+            raise ConfigError("detection backbones need an image model, got a video config "
+                              f"with input_size={net.cfg.input_size}")
         net.norm = nn.Identity()
         net.head = nn.Identity()
         self.net = net
@@ -67,8 +68,8 @@ class StageBackbone(Backbone):
         out_features = list(out_features or names)
         unknown = [f for f in out_features if f not in names]
         if unknown:
-            raise ValueError(f"out_features {unknown} not produced by this backbone; "
-                             f"its stages are {names} (strides {net.stage_strides})")
+            raise ConfigError(f"out_features {unknown} not produced by this backbone; "
+                              f"its stages are {names} (strides {net.stage_strides})")
         self._stage_index = {name: i for i, name in enumerate(names)}
         self._out_features = out_features
         self._out_feature_channels = {n: net.stage_channels[self._stage_index[n]]
@@ -117,8 +118,8 @@ def build_net(cfg, reversible: bool, family: str, in_chans: int = 3) -> MViT:
     c = cfg.MODEL.REVDET
     arch = c.ARCH[4:] if c.ARCH.startswith("rev_") else c.ARCH
     if not arch.startswith(family):
-        raise ValueError(f"MODEL.REVDET.ARCH={c.ARCH!r} is not a {family} architecture "
-                         f"(the backbone {cfg.MODEL.BACKBONE.NAME} builds {family}_*)")
+        raise ConfigError(f"MODEL.REVDET.ARCH={c.ARCH!r} is not a {family} architecture "
+                          f"(the backbone {cfg.MODEL.BACKBONE.NAME} builds {family}_*)")
     overrides = dict(input_size=(c.INPUT_SIZE, c.INPUT_SIZE), in_chans=in_chans)
     for key, field in (("EMBED_DIM", "embed_dim"), ("DEPTH", "depth"),
                        ("NUM_HEADS", "num_heads"), ("MLP_RATIO", "mlp_ratio")):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
-from backbones.checkpoint import atomic_write, download, is_url, read_state_dict
+from backbones.checkpoint import CheckpointError, atomic_write, download, is_url, read_state_dict
 from backbones.layers import resize_pos_embed
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -67,8 +67,8 @@ def _grid(n: int, cfg: Optional[ModelConfig], path: str) -> Tuple[int, int]:
         return tuple(cfg.patch_grid[1:])
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(f"{path}: cannot infer the grid of a {n}-token position embedding "
-                         "without the checkpoint's config")
+        raise CheckpointError(f"{path}: cannot infer the grid of a {n}-token position embedding "
+                              "without the checkpoint's config")
     return side, side
 
 
@@ -77,13 +77,13 @@ def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[
     """Move a classifier state dict into ``model``'s backbone namespace, checking every key."""
     nets = find_backbone_nets(model)
     if len(nets) != 1:
-        raise ValueError(f"cannot load backbone checkpoint {path}: the model has {len(nets)} "
-                         "revvision backbones (expected one)")
+        raise CheckpointError(f"cannot load backbone checkpoint {path}: the model has {len(nets)} "
+                              "revvision backbones (expected one)")
     prefix, net = nets[0]
     if ckpt_cfg is not None and ckpt_cfg.reversible != net.cfg.reversible:
         kind = {True: "reversible", False: "non-reversible"}
-        raise ValueError(f"{path} holds a {kind[ckpt_cfg.reversible]} model but the backbone "
-                         f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
+        raise CheckpointError(f"{path} holds a {kind[ckpt_cfg.reversible]} model but the backbone "
+                              f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
     ours = net.state_dict()
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -106,8 +106,9 @@ def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[
             if items:
                 more = f" ... (+{len(items) - 5})" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"backbone checkpoint {path} does not match the detector's backbone "
-                         f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): " + "; ".join(parts))
+        raise CheckpointError(f"backbone checkpoint {path} does not match the detector's backbone "
+                              f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): "
+                              + "; ".join(parts))
     base = prefix + "." if prefix else ""
     return {base + k: v for k, v in out.items()}
 
@@ -133,8 +134,8 @@ def load_pkl(path: str) -> Any:
         with open(path, "rb") as f:
             return _NumpyOnlyUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
-        raise RuntimeError(f"refusing to load {path}: {e} (only numpy arrays and plain "
-                           "containers are unpickled)") from None
+        raise CheckpointError(f"refusing to load {path}: {e} (only numpy arrays and plain "
+                              "containers are unpickled)") from None
 
 
 class RevDetCheckpointer(DetectionCheckpointer):
@@ -157,8 +158,8 @@ class RevDetCheckpointer(DetectionCheckpointer):
             if loaded.get("__author__") == "revvision":
                 return loaded
             if "model_state" not in loaded.get("model", {}):
-                raise ValueError(f"cannot load {filename}: a .pyth file must be an official "
-                                 "Rev-ViT/Rev-MViT or a pycls checkpoint with 'model_state'")
+                raise CheckpointError(f"cannot load {filename}: a .pyth file must be an official "
+                                      "Rev-ViT/Rev-MViT or a pycls checkpoint with 'model_state'")
             state = {k: v for k, v in loaded["model"]["model_state"].items()
                      if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
@@ -173,7 +174,7 @@ class RevDetCheckpointer(DetectionCheckpointer):
                              "into the detector's backbone")
             return {"model": converted, "__author__": "revvision", "matching_heuristics": False}
         if not isinstance(data, dict):
-            raise ValueError(f"checkpoint {f} holds a {type(data).__name__}, not a dict")
+            raise CheckpointError(f"checkpoint {f} holds a {type(data).__name__}, not a dict")
         return data if "model" in data else {"model": data}
 
     # ------------------------------------------------------------------ saving

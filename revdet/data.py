@@ -21,6 +21,8 @@ import detectron2.data.transforms as T
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 
+from backbones.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 COCO_LAYOUT = """\
@@ -30,7 +32,7 @@ COCO_LAYOUT = """\
   $DETECTRON2_DATASETS/coco/val2017/*.jpg"""
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset that cannot be used as it is (the message names the file)."""
 
 

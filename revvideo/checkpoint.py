@@ -20,16 +20,16 @@ from typing import Any, Dict
 import torch
 from fvcore.common.checkpoint import Checkpointer
 
-from backbones.checkpoint import atomic_write
+from backbones.checkpoint import CheckpointError, atomic_write
 
 
 def safe_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise RuntimeError(f"refusing to load {path}: it needs arbitrary unpickling, which "
-                           f"could run code ({str(e).splitlines()[0]}). Only weights_only files "
-                           "(tensors, numbers, strings, lists, dicts) are loaded.") from None
+        raise CheckpointError(f"refusing to load {path}: it needs arbitrary unpickling, which "
+                              f"could run code ({str(e).splitlines()[0]}). Only weights_only files "
+                              "(tensors, numbers, strings, lists, dicts) are loaded.") from None
 
 
 class VideoCheckpointer(Checkpointer):
@@ -38,8 +38,8 @@ class VideoCheckpointer(Checkpointer):
     def _load_file(self, f: str) -> Dict[str, Any]:
         data = safe_load(f)
         if not isinstance(data, dict) or "model" not in data:
-            raise RuntimeError(f"{f} is not a training checkpoint of tools/train_video.py "
-                               "(no 'model' entry); pass other weights as MODEL.WEIGHTS")
+            raise CheckpointError(f"{f} is not a training checkpoint of tools/train_video.py "
+                                  "(no 'model' entry); pass other weights as MODEL.WEIGHTS")
         return data
 
     def save(self, name: str, **kwargs: Any) -> None:

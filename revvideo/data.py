@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 from torch.utils.data import DataLoader
+
+from backbones.errors import UserError
 from torch.utils.data.distributed import DistributedSampler
 
 from . import compat
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 _LISTED = 20  # files named in an error message
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A video list that cannot be used (missing files, bad labels, malformed lines)."""
 
 
@@ -292,8 +294,8 @@ def dataset_dir(cfg) -> str:
             logger.warning("DATA.PATH_TO_DATA_DIR is ignored for DATA.DATASET synthetic_shapes")
         return str(ensure_dataset(spec_from_cfg(cfg), cfg.DATA.SYNTHETIC.ROOT or None))
     if cfg.DATA.DATASET != "kinetics":
-        raise ValueError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r} "
-                         "(expected 'kinetics' or 'synthetic_shapes')")
+        raise DatasetError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r} "
+                           "(expected 'kinetics' or 'synthetic_shapes')")
     return cfg.DATA.PATH_TO_DATA_DIR
 
 

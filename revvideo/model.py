@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import backbones
+from backbones.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,14 @@ def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False
                        recompute_transitions=cfg.MODEL.RECOMPUTE_TRANSITIONS)
     if cfg.MODEL.ARCH == "weights":
         if not weights:
-            raise ValueError("MODEL.ARCH 'weights' builds the architecture stored in "
-                             "MODEL.WEIGHTS, which is empty")
+            raise ConfigError("MODEL.ARCH 'weights' builds the architecture stored in "
+                              "MODEL.WEIGHTS, which is empty")
         model = backbones.load_pretrained(weights, **rev_options)
         logger.info(f"Built the architecture stored in {weights}: {_describe(model)}")
         if model.cfg.num_classes != cfg.MODEL.NUM_CLASSES:
-            raise ValueError(f"{weights} classifies {model.cfg.num_classes} classes but "
-                             f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES}")
+            raise backbones.CheckpointError(
+                f"{weights} classifies {model.cfg.num_classes} classes but MODEL.NUM_CLASSES "
+                f"is {cfg.MODEL.NUM_CLASSES}")
         return model
     model = backbones.build(cfg.MODEL.ARCH, **rev_options, **model_overrides(cfg))
     logger.info(f"Built {cfg.MODEL.ARCH}: {_describe(model)}")

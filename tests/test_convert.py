@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import backbones
+from backbones.errors import UserError
 from backbones.official import config_from_official
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,15 +117,23 @@ def test_resizing_on_conversion_drops_the_stale_official_cfg(golden, tmp_path):
     assert raw["model"]["pos_embed"].shape == (1, 36, 32)
 
 
-def test_errors_are_reported(golden, tmp_path, capsys):
-    assert tool.main([str(golden / "tiny_rev_mvit_img.pyth"), str(tmp_path / "x.pth"),
-                      "--to", "mmpretrain"]) == 1
-    assert "mmpretrain implements only the reversible ViT" in capsys.readouterr().err
-    assert tool.main([str(golden / "tiny_rev_vit_mmpretrain.pth"), str(tmp_path / "x.pth")]) == 1
-    assert "num_heads" in capsys.readouterr().err
-    assert tool.main([str(tmp_path / "missing.pyth"), str(tmp_path / "x.pth")]) == 1
-    assert "missing.pyth" in capsys.readouterr().err
+def test_errors_are_reported(golden, tmp_path):
+    with pytest.raises(UserError, match="mmpretrain implements only the reversible ViT"):
+        tool.main([str(golden / "tiny_rev_mvit_img.pyth"), str(tmp_path / "x.pth"),
+                   "--to", "mmpretrain"])
+    with pytest.raises(UserError, match="num_heads"):
+        tool.main([str(golden / "tiny_rev_vit_mmpretrain.pth"), str(tmp_path / "x.pth")])
+    with pytest.raises(UserError, match="missing.pyth"):
+        tool.main([str(tmp_path / "missing.pyth"), str(tmp_path / "x.pth")])
+    with pytest.raises(UserError, match="--set expects KEY=VALUE"):
+        tool.main([str(golden / "tiny_rev_vit.pyth"), str(tmp_path / "x.pth"), "--set", "depth"])
     assert not (tmp_path / "x.pth").exists()
+    # on the command line: the message and exit status 2, no traceback
+    result = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "missing.pyth"),
+                             str(tmp_path / "x.pth")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "convert_checkpoint.py: error: checkpoint file not found" in result.stderr
+    assert "missing.pyth" in result.stderr
 
 
 def test_command_line(golden, tmp_path):

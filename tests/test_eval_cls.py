@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import backbones
+from backbones.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "eval_cls.py"
@@ -152,17 +153,20 @@ def test_bad_image_stops_with_its_name_or_is_skipped(known, tmp_path):
                           progress=False, skip_bad_images=True)
     assert r["images"] == 12 and r["skipped"] == 1
     assert r["top1"] == pytest.approx(50.0) and r["top5"] == pytest.approx(75.0)
-    assert tool.main(["--weights", str(known["weights"]), "--data", str(data), "--workers", "0",
-                      "--no-progress"]) == 1
+    with pytest.raises(UserError, match=r"cannot read image .*broken\.png"):
+        tool.main(["--weights", str(known["weights"]), "--data", str(data), "--workers", "0",
+                   "--no-progress"])
 
 
-def test_wrong_class_count_and_video_models_are_refused(known, tmp_path, capsys):
+def test_wrong_class_count_and_video_models_are_refused(known, tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(ValueError, match="has 1 class folders but the model has 6"):
         tool.evaluate(str(known["weights"]), str(tmp_path), workers=0, progress=False)
     video = backbones.build("rev_mvit_b_16x4", embed_dim=8, num_heads=1, depth=1, dim_mul=[],
                             head_mul=[], pool_q_stride=[], input_size=(2, 32, 32), num_classes=6)
     backbones.save_checkpoint(tmp_path / "video.pth", video)
-    assert tool.main(["--weights", str(tmp_path / "video.pth"), "--data", str(known["data"]),
-                      "--workers", "0"]) == 1
-    assert "video model" in capsys.readouterr().err
+    result = subprocess.run(
+        [sys.executable, str(TOOL), "--weights", str(tmp_path / "video.pth"), "--data",
+         str(known["data"]), "--workers", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"eval_cls.py: error: {tmp_path / 'video.pth'} holds a video model" in result.stderr

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from backbones.checkpoint import CheckpointError
 from backbones.layers import resize_pos_embed
 from backbones.official import from_official_keys, to_official_keys
 from detectron2.modeling import build_backbone
@@ -96,14 +97,14 @@ def test_own_official_format_checkpoint_round_trips(tmp_path):
 @pytest.mark.skipif(not OFFICIAL.exists(), reason="golden files not available")
 def test_architecture_mismatch_is_one_error_naming_the_file():
     model = _detector("build_rev_mvit_fpn_backbone", "MODEL.REVDET.EMBED_DIM", 16)
-    with pytest.raises(ValueError, match=r"tiny_rev_mvit_img\.pyth.*shape mismatch"):
+    with pytest.raises(CheckpointError, match=r"tiny_rev_mvit_img\.pyth.*shape mismatch"):
         RevDetCheckpointer(model).load(str(OFFICIAL))
 
 
 @pytest.mark.skipif(not OFFICIAL.exists(), reason="golden files not available")
 def test_reversible_checkpoint_into_the_twin_is_refused():
     model = _detector("build_mvit_fpn_backbone")
-    with pytest.raises(ValueError, match="reversible model but the backbone is non-reversible"):
+    with pytest.raises(CheckpointError, match="reversible model but the backbone is non-reversible"):
         RevDetCheckpointer(model).load(str(OFFICIAL))
 
 

@@ -1,6 +1,6 @@
 """tools/train_video.py end to end on tiny synthetic data: train, resume, evaluate, DDP."""
 
-import importlib.util
+import importlib
 import json
 import socket
 import subprocess
@@ -19,16 +19,10 @@ TOOL = ROOT / "tools" / "train_video.py"
 SPEC = ShapesSpec(num_train=12, num_val=6, frames=24, width=40, height=32, fps=30, seed=2)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("train_video_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tool():
-    return load_tool()
+    """The module behind tools/train_video.py and revvision-train-video."""
+    return importlib.import_module("revvision.train_video")
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,11 @@ import yaml
 
 from backbones.checkpoint import (CheckpointError, atomic_save, model_from_checkpoint,
                                   read_checkpoint, save_checkpoint)
+from backbones.errors import UserError
 from backbones.mmpretrain import to_mmpretrain_keys
 from backbones.mvit import ModelConfig
 from backbones.official import config_to_official, to_official_keys
+from revvision.cli import add_debug_argument, describe, run
 
 FORMATS = ("revvision", "official", "mmpretrain")
 TUPLE_FIELDS = {f.name: True for f in dataclasses.fields(ModelConfig) if isinstance(f.default, tuple)}
@@ -47,7 +49,7 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         parsed = yaml.safe_load(value)
         field = TUPLE_FIELDS.get(key)
         out[key] = tuple(parsed) if field and isinstance(parsed, list) else parsed
@@ -94,15 +96,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="ModelConfig override, e.g. num_heads=2 or input_size=[256,256] "
                         "(position embeddings are resized)")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     try:
         convert(args.src, args.dst, args.to, args.name, parse_overrides(args.set))
     except (CheckpointError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise UserError(describe(e)) from e  # exit status 2, without a traceback
     print(f"wrote {args.dst} ({args.to} format)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

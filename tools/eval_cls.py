@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import backbones
 from backbones.checkpoint import CheckpointError
+from backbones.errors import UserError
+from revvision.cli import add_debug_argument, describe, run
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,6 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images (counted) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
@@ -196,8 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      args.device, args.name, args.crop_size, args.skip_bad_images,
                      progress=not args.no_progress)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise UserError(describe(e)) from e  # exit status 2, without a traceback
     print(format_table(
         ["weights", "images", "skipped", "top-1 %", f"top-{r['k']} %", "protocol"],
         [[Path(r["weights"]).name, r["images"], r["skipped"], f"{r['top1']:.2f}", f"{r['top5']:.2f}",
@@ -206,4 +208,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -1,124 +1,12 @@
 #!/usr/bin/env python
-"""Train or evaluate Mask R-CNN with a Rev-MViT / Rev-ViT (or twin) backbone on Detectron2.
+"""``revvision-train-det`` from a checkout: see revvision/train_det.py or ``--help``."""
 
-    python tools/train_det.py --config configs/demo_shapes_revmvit.yaml
-    python tools/train_det.py --config configs/coco_revmvit.yaml --num-gpus 8
-    python tools/train_det.py --config FILE --resume                 # continue in OUTPUT_DIR
-    python tools/train_det.py --config FILE --eval-only MODEL.WEIGHTS output/x/model_final.pth
-    python tools/train_det.py --config FILE --num-machines 2 --machine-rank 0 \\
-        --dist-url tcp://host:port  [KEY VALUE ...]
-
-``--config-file`` is accepted as well. Trailing ``KEY VALUE`` pairs override the config.
-``MODEL.WEIGHTS`` takes an official ImageNet ``.pyth`` (converted on the fly) or a
-revvision / Detectron2 checkpoint. OUTPUT_DIR receives the log, ``config.yaml``,
-``metrics.json``, TensorBoard events, checkpoints and the COCO results. Without a GPU
-training runs on the CPU, several processes communicating through gloo.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
-# threads slow a multi-threaded step down several-fold. Set before torch starts OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout
 
-import torch  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import revdet  # noqa: E402  (registers the backbones, datasets and patches)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from revdet import shapes  # noqa: E402
-from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
-from revdet.engine import Trainer, ap_table, visualize  # noqa: E402
-
-logger = logging.getLogger("revdet.train_det")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        metavar="FILE", help="path to config file (same as --config-file)")
-    return parser
-
-
-def setup(args):
-    cfg = revdet.add_revdet_config(get_cfg())
-    if not args.config_file:
-        raise SystemExit("train_det.py: give a config with --config FILE")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.SOLVER.AMP.ENABLED = False  # Detectron2's AMPTrainer is CUDA-only
-    cfg.freeze()
-    default_setup(cfg, args)
-    if not cfg.MODEL.DEVICE.startswith("cuda"):
-        local = max(comm.get_local_size(), 1)
-        if local > 1:  # share the cores between the processes on this machine
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        logger.info("Running on the CPU (fp32) with %d thread(s) per process",
-                    torch.get_num_threads())
-    shapes.register_shapes_from_config(cfg)
-    return cfg
-
-
-def report(cfg, model, results) -> None:
-    if not comm.is_main_process() or not results:
-        return
-    table = ap_table(results)
-    print("\nCOCO AP (%s):\n%s\n" % (", ".join(cfg.DATASETS.TEST), table), flush=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
-        f.write(table + "\n")
-    if cfg.TEST.VIS_IMAGES > 0 and cfg.DATASETS.TEST:
-        out = os.path.join(cfg.OUTPUT_DIR, "vis")
-        paths = visualize(cfg, model, cfg.DATASETS.TEST[0], out, cfg.TEST.VIS_IMAGES,
-                          cfg.TEST.VIS_SCORE_THRESH)
-        print(f"Wrote {len(paths)} prediction images to {out}/", flush=True)
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        RevDetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, results)
-        report(cfg, model, results)
-        return results
-
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
-    if results is None and comm.is_main_process():
-        results = getattr(trainer, "_last_eval_results", None)
-    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    report(cfg, model, results)
-    return results
-
-
-def cli(argv=None):
-    args = build_parser().parse_args(argv)
-    # Generate the synthetic data once here, not concurrently in every worker.
-    if args.config_file:
-        cfg = revdet.add_revdet_config(get_cfg())
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        shapes.generate_used(cfg)
-    print("Command Line Args:", args, flush=True)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
-
+from revvision.train_det import cli  # noqa: E402
 
 if __name__ == "__main__":
     cli()
