@@ -51,10 +51,14 @@ def add_debug_argument(parser) -> None:
                         help="show the traceback of errors (also: REVVISION_DEBUG=1)")
 
 
-def check_weights(path: str, key: str = "MODEL.WEIGHTS", read: bool = False) -> None:
+def check_weights(path: str, key: str = "MODEL.WEIGHTS", read: bool = False,
+                  required: str = "") -> None:
     """A local weights file that does not exist is a ``UserError`` (URLs are not checked);
     with ``read`` (before starting several processes), so is one that cannot be loaded
-    safely: ``CheckpointError``."""
+    safely: ``CheckpointError``. No weights at all are fine unless ``required`` says how
+    to give them."""
+    if not path and required:
+        raise UserError(f"no weights to run: {required}")
     if not path or "://" in path:
         return
     if not os.path.isfile(path):

@@ -34,30 +34,6 @@ def split_config_overrides(items: Sequence[str]) -> Tuple[List[str], List[str]]:
     return list(items), []
 
 
-def merge_config(cfg, config_file: str, opts: Sequence[str]):
-    """``cfg`` with ``config_file`` and the ``KEY VALUE`` ``opts`` merged in; a missing file or a
-    bad key or value is a ``UserError``."""
-    if not os.path.isfile(config_file):
-        raise UserError(f"config file not found: {config_file}")
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise UserError(f"bad config ({config_file}, overrides {list(opts)}): {e}") from None
-    return cfg
-
-
-def check_weights(weights: str, how: str) -> None:
-    """A ``UserError`` unless ``weights`` is an existing file or an http(s) URL; ``how`` tells
-    the user how to give them."""
-    from backbones.checkpoint import is_url
-
-    if not weights:
-        raise UserError(f"no weights to run: {how}")
-    if not is_url(weights) and not os.path.isfile(weights):
-        raise UserError(f"weights file {weights} does not exist")
-
-
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
     return path.lower().endswith(tuple(extensions))
 

@@ -181,7 +181,7 @@ def test_bad_inputs_are_one_clear_error(untrained, tmp_path):
         "output over input": (["--input", good, "--output", good],
                               f"refusing to write {good}: it is the input"),
         "missing weights": (["--input", good, "MODEL.WEIGHTS", tmp_path / "w.pth"],
-                            f"weights file {tmp_path / 'w.pth'} does not exist"),
+                            f"MODEL.WEIGHTS {tmp_path / 'w.pth'}: no such file"),
     }
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     running = {case: start([*args, "MODEL.WEIGHTS", untrained] if "weights" not in case else args)

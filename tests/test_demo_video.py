@@ -140,7 +140,7 @@ def test_bad_inputs_are_one_clear_error(untrained):
         "labels": (["--labels", root / "three.txt", root / "clip.mp4"],
                    "has 3 names but the model has 6 classes"),
         "missing weights": ([root / "clip.mp4", "MODEL.WEIGHTS", root / "w.pth"],
-                            f"weights file {root / 'w.pth'} does not exist"),
+                            f"MODEL.WEIGHTS {root / 'w.pth'}: no such file"),
     }
     before = (root / "clip.mp4").read_bytes()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -40,10 +40,10 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
-from revvision.cli import run  # noqa: E402
-from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_weights,  # noqa: E402
-                              expand_inputs, merge_config, open_video, output_file,
-                              split_config_overrides)
+from revvision.cli import check_weights, run  # noqa: E402
+from revvision.config_files import merge_config, resolve_config  # noqa: E402
+from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs,  # noqa: E402
+                              open_video, output_file, split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
-                        required=True, help="revdet config, e.g. configs/demo_shapes_revmvit.yaml")
+                        required=True, help="revdet config file or name, e.g. demo_shapes_revmvit")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="images: files, folders or glob patterns")
     parser.add_argument("--video-input", metavar="FILE", help="a video file (read with PyAV)")
@@ -66,14 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = merge_config(revdet.add_revdet_config(get_cfg()), args.config_file, args.opts)
+    cfg = merge_config(revdet.add_revdet_config(get_cfg()), resolve_config(args.config_file),
+                       args.opts)
     threshold = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    check_weights(cfg.MODEL.WEIGHTS, "add MODEL.WEIGHTS FILE (e.g. "
+    check_weights(cfg.MODEL.WEIGHTS, required="add MODEL.WEIGHTS FILE (e.g. "
                   "output/demo_shapes_revmvit/model_final.pth after `make demo`)")
     shapes.register_shapes_from_config(cfg)  # class names of the shapes datasets
     cfg.freeze()

@@ -37,10 +37,10 @@ import revvideo  # noqa: E402  (first: pytorchvideo's torchvision import fix)
 from backbones.errors import UserError  # noqa: E402
 from revvideo.model import build_model  # noqa: E402
 from revvideo.multiview import TestViews  # noqa: E402
-from revvision.cli import run  # noqa: E402
-from revvision.inputs import (VIDEO_EXTENSIONS, check_weights, expand_inputs,  # noqa: E402
-                              merge_config, open_video, output_file, refuse_overwrite,
-                              split_config_overrides)
+from revvision.cli import check_weights, run  # noqa: E402
+from revvision.config_files import merge_config, resolve_config  # noqa: E402
+from revvision.inputs import (VIDEO_EXTENSIONS, expand_inputs, open_video,  # noqa: E402
+                              output_file, refuse_overwrite, split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
-                        required=True, help="video config, e.g. configs/kinetics_revmvit_b_16x4.yaml")
+                        required=True, help="video config file or name, e.g. kinetics_revmvit_b_16x4")
     parser.add_argument("--weights", metavar="FILE|URL", help="checkpoint (sets MODEL.WEIGHTS)")
     parser.add_argument("--labels", metavar="FILE", help="class names, one per line")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown (5)")
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = merge_config(revvideo.get_cfg(), args.config_file, args.opts)
+    cfg = merge_config(revvideo.get_cfg(), resolve_config(args.config_file), args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
-    check_weights(cfg.MODEL.WEIGHTS, "give --weights FILE (e.g. "
+    check_weights(cfg.MODEL.WEIGHTS, required="give --weights FILE (e.g. "
                   "output/demo_video_revmvit/model_final.pth after `make demo-video`)")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
