@@ -34,6 +34,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from backbones.errors import UserError
+
 from . import compat
 
 compat.apply()
@@ -262,6 +264,9 @@ class VideoDataset(LabeledVideoDataset):
                  frame_selector: Optional[FrameSelector] = None, decoding_threads: int = 1):
         labeled = [(path, {"label": int(label), "fps": 0.0}) for path, label in videos]
         self.min_frames = max(1, int(min_frames))
+        if int(decoding_threads) < 0:
+            raise UserError(f"DATA.DECODING_THREADS must be >= 0 (1: none, 0: one per core), "
+                            f"got {decoding_threads}")
         self.frame_selector, self.decoding_threads = frame_selector, int(decoding_threads)
         self.info_by_path: Dict[str, Dict] = {}
         for path, info in labeled:

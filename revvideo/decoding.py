@@ -59,8 +59,6 @@ class UniformFrames:
 
 def set_decoding_threads(stream, threads: int) -> None:
     """One decoding thread for ``threads == 1``; else frame+slice threading (0: per core)."""
-    if threads < 0:
-        raise ValueError(f"DATA.DECODING_THREADS must be >= 0, got {threads}")
     if threads != 1:
         stream.thread_type = "AUTO"
     stream.thread_count = threads
