@@ -38,6 +38,7 @@ import logging
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from . import compat
@@ -46,7 +47,7 @@ compat.apply()
 
 from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from pytorchvideo.transforms import Div255, Normalize  # noqa: E402
+from pytorchvideo.transforms import Normalize  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
 
 from .transforms import scale_short_side  # noqa: E402
@@ -92,8 +93,7 @@ class TestViews:
         self.num_clips, self.num_crops = num_clips, num_crops
         self.crop_size = crop_size
         self.short_side = short_side if num_crops == 1 else crop_size
-        self.div = Div255()
-        self.normalize = Normalize(tuple(mean), tuple(std))
+        self.normalize = Normalize(tuple(mean), tuple(std), inplace=True)
 
     @property
     def num_views(self) -> int:
@@ -117,12 +117,16 @@ class TestViews:
     def views_of_selected(self, sample: Dict) -> Dict:
         """The views of ``select``'s frames ``(C, clips*T, H, W)``."""
         clips = scale_short_side(sample["video"], self.short_side)  # (C, clips*T, H', W')
-        views = []
-        for clip in clips.split(self.num_frames, dim=1):
-            crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)
-            views += [self.normalize(self.div(uniform_crop(clip, self.crop_size, i)))
-                      for i in crop_ids]
-        sample["video"] = torch.stack(views)
+        crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)
+        crops = [uniform_crop(clip, self.crop_size, i)
+                 for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
+        # Written in place into one numpy-allocated tensor (huge pages: see revvideo.decoding)
+        # instead of stacking fresh float tensors.
+        views = torch.from_numpy(np.empty((len(crops), *crops[0].shape), dtype=np.float32))
+        for view, crop in zip(views, crops):
+            torch.div(crop.contiguous(), 255.0, out=view)  # Div255 (contiguous: see ToUnitFloat)
+            self.normalize(view)  # in place
+        sample["video"] = views
         return sample
 
 

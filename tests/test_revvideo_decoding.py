@@ -82,6 +82,42 @@ def test_decoded_clips_are_pytorchvideos_frames_exactly(videos):
         assert torch.equal(everything, old.get_clip(0, old.duration + 1)["video"].to(torch.uint8))
 
 
+def _decode_calls(monkeypatch):
+    """Records, per ``SelectiveVideo._decode`` call, how many decoded frames it held."""
+    held = []
+    decode = SelectiveVideo._decode
+
+    def recording(self, *args):
+        pts, frames = decode(self, *args)
+        held.append(len(frames))
+        return pts, frames
+
+    monkeypatch.setattr(SelectiveVideo, "_decode", recording)
+    return held
+
+
+def test_whole_videos_hold_only_the_selected_frames(videos, monkeypatch):
+    held = _decode_calls(monkeypatch)
+    for (path, _), (frames, fps) in zip(videos[1], VIDEOS):
+        video = SelectiveVideo.from_path(path, lambda n, _: _official_frames(n, fps))
+        clip = video.get_clip(0, video.duration + 1)
+        assert clip["decoded_frames"] == frames
+        assert held[-1] == len(torch.unique(_official_frames(frames, fps))) < frames
+    assert len(held) == len(VIDEOS)  # one decoding pass per video
+
+
+@pytest.mark.parametrize("wrong", [-5, 3])
+def test_a_wrong_frame_count_in_the_header_still_gives_the_official_frames(videos, monkeypatch, wrong):
+    path, (frames, fps) = videos[1][0][0], VIDEOS[0]
+    want = EncodedVideo.from_path(path, decode_audio=False, decoder="pyav").get_clip(0, 100)["video"]
+    want = want.index_select(1, _official_frames(frames, fps)).to(torch.uint8)
+    monkeypatch.setattr(SelectiveVideo, "_expected_frames", lambda self, *_: frames + wrong)
+    held = _decode_calls(monkeypatch)
+    video = SelectiveVideo.from_path(path, lambda n, _: _official_frames(n, fps))
+    assert torch.equal(video.get_clip(0, video.duration + 1)["video"], want)
+    assert len(held) == 2  # the frames the header promised were not the right ones: decoded again
+
+
 def test_decoding_threads_do_not_change_the_frames(videos):
     path = videos[1][0][0]
     one = SelectiveVideo.from_path(path, UniformFrames(6), threads=1).get_clip(Fraction(1, 2), 2)
