@@ -11,7 +11,7 @@ into the cache) through: the decoder floor (PyAV alone: seek, decode every frame
 clip's window, convert only the 16 kept frames to RGB), revvideo's decoding alone, the
 same through pytorchvideo's ``EncodedVideoPyAV`` (the "before"), the training pipeline of
 ``configs/kinetics_revmvit_b_16x4.yaml`` (without and with RandAugment; MixUp acts on
-batches, not here), with ``DATA.DECODING_THREADS`` 0 and with 2 loader workers; and the
+batches, not here), with ``DATA.DECODING_THREADS`` 2 and with 2 loader workers; and the
 test views (the whole video decoded once, 5 clips x 1 crop) against one full decode of
 the video. Every pipeline runs once per round on the same random clips (interleaved), and
 each ratio is the median over rounds of a ratio taken within a round; the issue's targets
@@ -71,17 +71,17 @@ PIPELINES = {
                      "clips/s", "floor", 0.25),
     "train": ("revvideo train: short side 256-320, crop 224, flip, normalise", "clips/s", "floor", 1.0),
     "train_randaug": ("revvideo train + RandAugment m7-n4", "clips/s", "floor", 1.0),
-    "train_threads": ("revvideo train, DATA.DECODING_THREADS 0 (FFmpeg threads, one per core)",
+    "train_threads": ("revvideo train, DATA.DECODING_THREADS 2 (FFmpeg frame threads)",
                       "clips/s", "floor", 1.0),
     "train_2_workers": ("revvideo train, 2 loader workers", "clips/s", "train", 1.0),
-    "train_2_workers_threads": ("revvideo train, 2 loader workers, DATA.DECODING_THREADS 0",
+    "train_2_workers_threads": ("revvideo train, 2 loader workers, DATA.DECODING_THREADS 2",
                                 "clips/s", "train_2_workers", 1.0),
     "full_decode": ("decode every frame of the video (no RGB)", "videos/s", "full_decode", 1.0),
     "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224", "videos/s",
              "full_decode", 1.0),
 }
 WORKERS = {"train_2_workers": 2, "train_2_workers_threads": 2}
-THREADS = {"train_threads": 0, "train_2_workers_threads": 0}
+THREADS = {"train_threads": 2, "train_2_workers_threads": 2}
 TARGETS = [("decode", 0.9), ("train", 0.6), ("test", 0.8), ("train_2_workers", 1.6)]
 
 
@@ -134,13 +134,16 @@ def loading_videos(per_rate: int, sizes: List[str]) -> Dict[str, List[str]]:
 
 def floor_clips(paths: List[str], clip_seconds):
     """The decoder floor: per video, PyAV alone (one thread) seeks, decodes the window of a
-    random clip (drawn as ``RandomClipSampler`` draws it) and converts its 16 kept frames."""
+    random clip (drawn as ``RandomClipSampler`` draws it) and converts its 16 kept frames
+    (with one reused converter, the fastest way PyAV offers)."""
     import av
     import torch
+    from av.video.reformatter import VideoReformatter
     from pytorchvideo.data.clip_sampling import RandomClipSampler
     from pytorchvideo.data.utils import pts_to_secs, secs_to_pts
 
     sampler = RandomClipSampler(clip_seconds)
+    rgb = VideoReformatter()
     for path in paths:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -157,7 +160,7 @@ def floor_clips(paths: List[str], clip_seconds):
                 if frame.pts >= start:
                     window.append(frame)
             keep = torch.linspace(0, len(window) - 1, CLIP_FRAMES).long().tolist()
-            yield [window[i].to_rgb().to_ndarray() for i in keep]
+            yield [rgb.reformat(window[i], format="rgb24").to_ndarray() for i in keep]
 
 
 def full_decodes(paths: List[str]):
@@ -225,8 +228,9 @@ def time_items(items) -> Dict[str, float]:
 
 
 def run_loading(args) -> List[dict]:
-    """Every pipeline once per round, interleaved, each round with the same random clips;
-    ratios are taken within a round (a slow stretch of the shared machine hits both sides)."""
+    """Every pipeline once per round, interleaved (in an order rotated every round), each
+    round with the same random clips; ratios are taken within a round (a slow stretch of the
+    shared machine hits both sides)."""
     import random
 
     import torch
@@ -237,9 +241,11 @@ def run_loading(args) -> List[dict]:
     videos = loading_videos(args.videos, args.sizes)
     load_before = os.getloadavg()[0]
     rounds: Dict[tuple, List[dict]] = {}
+    keys = list(PIPELINES)
     for r in range(args.rounds):
         for size, paths in videos.items():
-            for key, (label, unit, _, share) in PIPELINES.items():
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                label, unit, _, share = PIPELINES[key]
                 count = args.test_videos if unit == "videos/s" else args.clips
                 count = max(3, round(count * share)) + 1  # + the warm-up item
                 items = [paths[i % len(paths)] for i in range(count)]
@@ -249,13 +255,16 @@ def run_loading(args) -> List[dict]:
                 rounds.setdefault((size, key), []).append(result)
                 print(json.dumps(dict(round=r, size=size, pipeline=key, **result)), flush=True)
     rows = []
-    for (size, key), results in rounds.items():
+    sizes = list(videos)
+    for (size, key), results in sorted(rounds.items(),
+                                       key=lambda kv: (sizes.index(kv[0][0]), keys.index(kv[0][1]))):
         label, unit, reference, _ = PIPELINES[key]
         ref = rounds[(size, reference)]
         ratios = [a["per_s"] / b["per_s"] for a, b in zip(results, ref)]
         rows.append(dict(size=size, pipeline=key, label=label, unit=unit, reference=reference,
                          workers=WORKERS.get(key, 0), decoding_threads=THREADS.get(key, 1),
                          per_s=statistics.median(r["per_s"] for r in results),
+                         rounds_per_s=[r["per_s"] for r in results],
                          ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
                          items=sum(r["items"] for r in results), rounds=len(results)))
     for row in rows:
