@@ -48,7 +48,7 @@ from pytorchvideo.data.clip_sampling import ClipInfo, ClipSampler, RandomClipSam
 from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths  # noqa: E402
 from pytorchvideo.data.video import VideoPathHandler  # noqa: E402
 
-from .decoding import FrameSelector, SelectiveVideo, UniformFrames  # noqa: E402
+from .decoding import FrameSelector, FrameTransform, SelectiveVideo, UniformFrames  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ class _GuardedPaths(VideoPathHandler):
         ds = self._dataset
         try:
             if decoder == "pyav" and not decode_audio and g_pathmgr.isfile(filepath):
-                video = SelectiveVideo.from_path(filepath, ds.frame_selector, ds.decoding_threads)
+                video = SelectiveVideo.from_path(filepath, ds.frame_selector, ds.decoding_threads,
+                                                 ds.frame_transform)
             else:  # frame folders, and pytorchvideo's error for a path that does not exist
                 video = super().video_from_path(filepath, decode_audio=decode_audio,
                                                 decoder=decoder, fps=fps)
@@ -251,7 +252,8 @@ class VideoDataset(LabeledVideoDataset):
     ``clip_index``, ``aug_index``, ``video_name`` and ``fps``. ``video_sampler`` is called with
     the video list and must return the sampler that orders (and shards) it. ``video`` is
     uint8 ``(C, K, H, W)`` before ``transform``: the frames ``frame_selector`` keeps of each
-    clip's window (all of them without a selector), see ``revvideo.decoding``.
+    clip's window (all of them without a selector), each passed through ``frame_transform``
+    if given; see ``revvideo.decoding``.
     """
 
     # pytorchvideo raises after this many unreadable videos in a row; here they are skipped,
@@ -261,13 +263,15 @@ class VideoDataset(LabeledVideoDataset):
     def __init__(self, videos: Sequence[Tuple[str, int]], clip_sampler: ClipSampler,
                  video_sampler: Callable[[Sequence], torch.utils.data.Sampler],
                  transform: Optional[Callable[[Dict], Dict]] = None, min_frames: int = 1,
-                 frame_selector: Optional[FrameSelector] = None, decoding_threads: int = 1):
+                 frame_selector: Optional[FrameSelector] = None, decoding_threads: int = 1,
+                 frame_transform: Optional[FrameTransform] = None):
         labeled = [(path, {"label": int(label), "fps": 0.0}) for path, label in videos]
         self.min_frames = max(1, int(min_frames))
         if int(decoding_threads) < 0:
             raise UserError(f"DATA.DECODING_THREADS must be >= 0 (1: none, 0: one per core), "
                             f"got {decoding_threads}")
         self.frame_selector, self.decoding_threads = frame_selector, int(decoding_threads)
+        self.frame_transform = frame_transform
         self.info_by_path: Dict[str, Dict] = {}
         for path, info in labeled:
             self.info_by_path.setdefault(path, info)
@@ -384,7 +388,7 @@ def build_test_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset:
                       cfg.DATA.MEAN, cfg.DATA.STD)
     return VideoDataset(videos.videos, WholeVideoSampler(), lambda items: InferenceSampler(len(items)),
                         KeepKeys(views.views_of_selected), cfg.DATA.MIN_FRAMES, views.select,
-                        cfg.DATA.DECODING_THREADS)
+                        cfg.DATA.DECODING_THREADS, views.scale_frame)
 
 
 def build_test_loader(cfg, dataset: Optional[VideoDataset] = None) -> DataLoader:

@@ -14,6 +14,10 @@ callable ``(n, fps) -> LongTensor`` of indices into the window (repeats allowed;
 frame is converted once); ``UniformFrames`` keeps what ``UniformTemporalSubsample`` keeps,
 ``revvideo.multiview.TestViews.select`` the official test views' frames. The clip dict
 also says how many frames the window had (``decoded_frames``), for ``DATA.MIN_FRAMES``.
+An optional *frame transform* is applied to each converted frame before the clip is
+stacked: the test views scale their 80 frames there (``TestViews.scale_frame``), so a
+720p clip of 80 frames (221 MB, a second of page faults on this project's machines) never
+exists.
 
 ``DATA.DECODING_THREADS`` sets PyAV's decoder threads: 1 decodes in the loader's own
 thread; n > 1 (or 0: one per core) turns on FFmpeg's frame and slice threading
@@ -45,6 +49,7 @@ from pytorchvideo.transforms.functional import uniform_temporal_subsample  # noq
 logger = logging.getLogger(__name__)
 
 FrameSelector = Callable[[int, float], torch.Tensor]
+FrameTransform = Callable[[torch.Tensor], torch.Tensor]  # (H, W, 3) uint8 -> (H', W', 3) uint8
 
 
 class UniformFrames:
@@ -69,23 +74,24 @@ class SelectiveVideo(EncodedVideoPyAV):
     """pytorchvideo's PyAV video whose clips are the selected frames only, in uint8."""
 
     def __init__(self, file, video_name: Optional[str] = None,
-                 select: Optional[FrameSelector] = None, threads: int = 1):
+                 select: Optional[FrameSelector] = None, threads: int = 1,
+                 frame_transform: Optional[FrameTransform] = None):
         super().__init__(file, video_name, decode_audio=False)
-        self._select = select
+        self._select, self._frame_transform = select, frame_transform
         self._reformatter = VideoReformatter()  # keeps its colour converter between frames
         if self._selective_decoding:  # nothing decoded yet: the codec still takes thread settings
             set_decoding_threads(self._container.streams.video[0], threads)
 
     @classmethod
-    def from_path(cls, path: str, select: Optional[FrameSelector] = None,
-                  threads: int = 1) -> "SelectiveVideo":
+    def from_path(cls, path: str, select: Optional[FrameSelector] = None, threads: int = 1,
+                  frame_transform: Optional[FrameTransform] = None) -> "SelectiveVideo":
         """Local files are opened by name (FFmpeg reads them); other URIs through iopath."""
         if os.path.isfile(path):
             source: Any = path
         else:
             with g_pathmgr.open(path, "rb") as f:
                 source = io.BytesIO(f.read())
-        return cls(source, pathlib.Path(path).name, select, threads)
+        return cls(source, pathlib.Path(path).name, select, threads, frame_transform)
 
     @property
     def fps(self) -> float:
@@ -103,7 +109,7 @@ class SelectiveVideo(EncodedVideoPyAV):
         # numpy allocates the clip: it asks for transparent huge pages for large arrays, which
         # torch does not; a fresh 44 MB clip (16 frames of 720p) then costs a few page faults
         # instead of ~11000 (5x faster to fill on this project's machines).
-        frames = np.stack([self._to_rgb(frames_by_pts[pts[i]]) for i in kept.tolist()])
+        frames = np.stack([self._prepare(frames_by_pts[pts[i]]) for i in kept.tolist()])
         if len(kept) < len(index):
             frames = frames[where.numpy()]
         video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (K, H, W, C) -> (C, K, H, W)
@@ -113,6 +119,10 @@ class SelectiveVideo(EncodedVideoPyAV):
         if self._select is None:
             return torch.arange(num_decoded)
         return self._select(num_decoded, self.fps)
+
+    def _prepare(self, frame) -> np.ndarray:
+        rgb = self._to_rgb(frame)
+        return rgb if self._frame_transform is None else self._frame_transform(torch.from_numpy(rgb)).numpy()
 
     def _to_rgb(self, frame) -> np.ndarray:
         """``(H, W, 3)`` uint8 of one decoded frame (the only place frames become RGB)."""

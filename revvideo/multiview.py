@@ -81,7 +81,7 @@ class TestViews:
     ``fps``. Output: ``video`` becomes ``(num_clips * num_crops, C, num_frames, crop, crop)``
     normalised, ordered clip-major (view ``i`` = clip ``i // num_crops``, crop
     ``i % num_crops``). The test loader lets the decoder pick the frames (``select``) and
-    calls ``views_of_selected`` on them.
+    scale them (``scale_frame``), and calls ``views_of_selected`` on them.
     """
 
     def __init__(self, num_frames: int, sampling_rate: int, target_fps: float,
@@ -113,6 +113,11 @@ class TestViews:
         index = self.select(sample["video"].shape[1], sample.get("fps") or 0.0)
         sample["video"] = sample["video"].index_select(1, index)
         return self.views_of_selected(sample)
+
+    def scale_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """One decoded ``(H, W, 3)`` frame scaled as ``views_of_selected`` scales a clip (a
+        frame transform for the decoder; scaling a clip already at the size does nothing)."""
+        return scale_short_side(frame.permute(2, 0, 1)[:, None], self.short_side)[:, 0].permute(1, 2, 0)
 
     def views_of_selected(self, sample: Dict) -> Dict:
         """The views of ``select``'s frames ``(C, clips*T, H, W)``."""

@@ -26,6 +26,7 @@ from pytorchvideo.transforms import (ApplyTransformToKey, Div255, Normalize, Ran
 from pytorchvideo.transforms.functional import uniform_crop
 from revvideo.data import VideoDataset, build_test_dataset, build_train_dataset, clip_duration
 from revvideo.decoding import SelectiveVideo, UniformFrames
+from revvideo import multiview
 from revvideo.multiview import official_clip_indices
 from revvideo.synthetic import ShapesSpec, render_clip, write_mp4
 
@@ -214,7 +215,11 @@ def test_official_test_views_match_pytorchvideos(videos, short_side):
     cfg = cfg_for(data_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 3, "DATA.TRAIN_JITTER_SCALES": [short_side, 80]})
     samples = list(build_test_dataset(cfg))
     assert [s["video_index"] for s in samples] == [0, 1, 2]
-    for sample, (path, _) in zip(samples, rows):
+    views = multiview.TestViews(6, 3, 30, 3, 1, short_side, 48, MEAN, STD)
+    for sample, (path, _), (_, fps) in zip(samples, rows, VIDEOS):
+        whole = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]  # every frame, unscaled
+        # the decoder scaled each kept frame alone: exactly as scaling the whole clip does
+        assert torch.equal(sample["video"], views({"video": whole, "fps": fps})["video"])
         ref = _todays_test_views(path, cfg)
         if short_side == 56:  # the videos' own height: nothing is scaled, nothing may differ
             assert torch.equal(sample["video"], ref)
