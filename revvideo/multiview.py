@@ -125,8 +125,8 @@ class TestViews:
         crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)
         crops = [uniform_crop(clip, self.crop_size, i)
                  for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
-        # Written in place into one numpy-allocated tensor (huge pages: see revvideo.decoding)
-        # instead of stacking fresh float tensors.
+        # Written in place into one numpy-allocated tensor (see revvideo.decoding) instead of
+        # stacking fresh float tensors.
         views = torch.from_numpy(np.empty((len(crops), *crops[0].shape), dtype=np.float32))
         for view, crop in zip(views, crops):
             torch.div(crop.contiguous(), 255.0, out=view)  # Div255 (contiguous: see ToUnitFloat)
