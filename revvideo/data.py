@@ -11,7 +11,9 @@ Layouts (``DATA.PATH_TO_DATA_DIR``; the split is ``DATA.TRAIN_SPLIT`` / ``DATA.T
 Lists are checked up front: a malformed line, a label outside ``[0, NUM_CLASSES)`` or
 listed files that do not exist raise one ``DatasetError`` that says how many and which.
 
-Decoding is pytorchvideo's (``LabeledVideoDataset``, PyAV, no audio). A video that cannot
+Sampling is pytorchvideo's (``LabeledVideoDataset``, its clip samplers, PyAV, no audio);
+decoding is ``revvideo.decoding.SelectiveVideo``, which converts to RGB only the frames a
+clip keeps (its frame selector) and delivers them as uint8. A video that cannot
 be opened or decoded, has no frames in the requested range, or decodes to fewer than
 ``DATA.MIN_FRAMES`` frames is skipped with a warning naming it and the reason; training
 logs an epoch summary with the count (``EpochLoop``), evaluation reports it
@@ -34,16 +36,21 @@ from torch.utils.data import DataLoader
 from backbones.errors import UserError
 from torch.utils.data.distributed import DistributedSampler
 
+from backbones.errors import UserError
+
 from . import compat
 
 compat.apply()
 
 from detectron2.data.samplers import InferenceSampler  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from iopath.common.file_io import g_pathmgr  # noqa: E402
 from pytorchvideo.data import LabeledVideoDataset  # noqa: E402
 from pytorchvideo.data.clip_sampling import ClipInfo, ClipSampler, RandomClipSampler  # noqa: E402
 from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths  # noqa: E402
 from pytorchvideo.data.video import VideoPathHandler  # noqa: E402
+
+from .decoding import FrameSelector, FrameTransform, SelectiveVideo, UniformFrames  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +178,9 @@ class _GuardedVideo:
             self._on_skip(self._path, f"no decodable frames between {float(start_sec):.2f}s and "
                                       f"{float(end_sec):.2f}s (duration {float(self.duration):.2f}s)")
             return {"video": None, "audio": None}
-        if frames.shape[1] < self._min_frames:
-            self._on_skip(self._path, f"too short: {frames.shape[1]} frame(s), DATA.MIN_FRAMES "
+        decoded = clip.get("decoded_frames", frames.shape[1])  # the window, before selection
+        if decoded < self._min_frames:
+            self._on_skip(self._path, f"too short: {decoded} frame(s), DATA.MIN_FRAMES "
                                       f"is {self._min_frames}")
             return {"video": None, "audio": None}
         return clip
@@ -194,7 +202,8 @@ def _frame_rate(video) -> float:
 
 
 class _GuardedPaths(VideoPathHandler):
-    """Opens videos like pytorchvideo, records their frame rate, and reports failures."""
+    """Opens files as ``SelectiveVideo`` (frame folders as pytorchvideo does), records their
+    frame rate, and reports failures."""
 
     def __init__(self, dataset: "VideoDataset"):
         super().__init__()
@@ -203,8 +212,12 @@ class _GuardedPaths(VideoPathHandler):
     def video_from_path(self, filepath, decode_audio=False, decoder="pyav", fps=30):
         ds = self._dataset
         try:
-            video = super().video_from_path(filepath, decode_audio=decode_audio, decoder=decoder,
-                                            fps=fps)
+            if decoder == "pyav" and not decode_audio and g_pathmgr.isfile(filepath):
+                video = SelectiveVideo.from_path(filepath, ds.frame_selector, ds.decoding_threads,
+                                                 ds.frame_transform)
+            else:  # frame folders, and pytorchvideo's error for a path that does not exist
+                video = super().video_from_path(filepath, decode_audio=decode_audio,
+                                                decoder=decoder, fps=fps)
         except Exception as e:  # noqa: BLE001 - LabeledVideoDataset moves on to the next video
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if os.path.isfile(filepath) and os.path.getsize(filepath) == 0:
@@ -239,7 +252,10 @@ class VideoDataset(LabeledVideoDataset):
 
     Every sample carries ``video``, ``label``, ``video_index`` (position in ``videos``),
     ``clip_index``, ``aug_index``, ``video_name`` and ``fps``. ``video_sampler`` is called with
-    the video list and must return the sampler that orders (and shards) it.
+    the video list and must return the sampler that orders (and shards) it. ``video`` is
+    uint8 ``(C, K, H, W)`` before ``transform``: the frames ``frame_selector`` keeps of each
+    clip's window (all of them without a selector), each passed through ``frame_transform``
+    if given; see ``revvideo.decoding``.
     """
 
     # pytorchvideo raises after this many unreadable videos in a row; here they are skipped,
@@ -248,9 +264,16 @@ class VideoDataset(LabeledVideoDataset):
 
     def __init__(self, videos: Sequence[Tuple[str, int]], clip_sampler: ClipSampler,
                  video_sampler: Callable[[Sequence], torch.utils.data.Sampler],
-                 transform: Optional[Callable[[Dict], Dict]] = None, min_frames: int = 1):
+                 transform: Optional[Callable[[Dict], Dict]] = None, min_frames: int = 1,
+                 frame_selector: Optional[FrameSelector] = None, decoding_threads: int = 1,
+                 frame_transform: Optional[FrameTransform] = None):
         labeled = [(path, {"label": int(label), "fps": 0.0}) for path, label in videos]
         self.min_frames = max(1, int(min_frames))
+        if int(decoding_threads) < 0:
+            raise UserError(f"DATA.DECODING_THREADS must be >= 0 (1: none, 0: one per core), "
+                            f"got {decoding_threads}")
+        self.frame_selector, self.decoding_threads = frame_selector, int(decoding_threads)
+        self.frame_transform = frame_transform
         self.info_by_path: Dict[str, Dict] = {}
         for path, info in labeled:
             self.info_by_path.setdefault(path, info)
@@ -345,7 +368,8 @@ def build_train_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset
         return DistributedSampler(items, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
     return VideoDataset(videos.videos, RandomClipSampler(clip_duration(cfg)), sampler,
-                        train_transform(cfg), cfg.DATA.MIN_FRAMES)
+                        train_transform(cfg), cfg.DATA.MIN_FRAMES,
+                        UniformFrames(cfg.DATA.NUM_FRAMES), cfg.DATA.DECODING_THREADS)
 
 
 def build_train_loader(cfg, start_epoch: int = 0, dataset: Optional[VideoDataset] = None) -> "EpochLoop":
@@ -365,7 +389,8 @@ def build_test_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset:
                       cfg.DATA.TRAIN_JITTER_SCALES[0], cfg.DATA.TEST_CROP_SIZE,
                       cfg.DATA.MEAN, cfg.DATA.STD)
     return VideoDataset(videos.videos, WholeVideoSampler(), lambda items: InferenceSampler(len(items)),
-                        KeepKeys(views), cfg.DATA.MIN_FRAMES)
+                        KeepKeys(views.views_of_selected), cfg.DATA.MIN_FRAMES, views.select,
+                        cfg.DATA.DECODING_THREADS, views.scale_frame)
 
 
 def build_test_loader(cfg, dataset: Optional[VideoDataset] = None) -> DataLoader:

@@ -17,8 +17,9 @@ this: they choose the clip in seconds (PTS rounded up to a frame), subsample the
 clip with ``linspace(0, n - 1)``, so clip starts move by up to a frame and the frame stride
 is ``(n - 1) / 15`` instead of ``clip_size / 15``; and for a video shorter than a clip they
 spread the frames over the whole video where the official sampler keeps the stride and
-repeats the last frame. revvideo therefore decodes each test video once (pytorchvideo's
-PyAV decoder) and takes every view from the decoded frames with ``official_clip_indices``.
+repeats the last frame. revvideo therefore decodes each test video once and takes every
+view from the decoded frames with ``official_clip_indices``; only those frames are converted
+to RGB (``TestViews.select`` is the decoder's frame selector, ``revvideo.decoding``).
 (The official config decodes with the torchvision backend, which selects each clip's PTS
 range first and samples inside it; with constant frame rates that is the same formula.)
 
@@ -27,6 +28,8 @@ Spatial sampling: with one crop, the short side is scaled to ``TRAIN_JITTER_SCAL
 side is scaled to ``TEST_CROP_SIZE`` and the left/center/right (or top/center/bottom)
 crops are taken. Scaling is bilinear (``align_corners=False``), crop offsets are
 ``ceil((L - size) / 2)`` (pytorchvideo's ``uniform_crop``, identical to the official one).
+Decoded frames are scaled and cropped in uint8 and made float only to be normalised, which
+moves pixels by at most one grey level from scaling in float (see ``revvideo.transforms``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import logging
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from . import compat
@@ -43,8 +47,10 @@ compat.apply()
 
 from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from pytorchvideo.transforms import Div255, Normalize, ShortSideScale  # noqa: E402
+from pytorchvideo.transforms import Normalize  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
+
+from .transforms import scale_short_side  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +77,11 @@ def official_clip_indices(num_video_frames: int, fps: float, num_frames: int,
 class TestViews:
     """Transform of a whole decoded video into its test views (see the module docstring).
 
-    Input: a sample dict with ``video`` ``(C, F, H, W)`` float in [0, 255] and ``fps``.
-    Output: ``video`` becomes ``(num_clips * num_crops, C, num_frames, crop, crop)``
+    Input: a sample dict with ``video`` ``(C, F, H, W)`` (uint8, or float in [0, 255]) and
+    ``fps``. Output: ``video`` becomes ``(num_clips * num_crops, C, num_frames, crop, crop)``
     normalised, ordered clip-major (view ``i`` = clip ``i // num_crops``, crop
-    ``i % num_crops``).
+    ``i % num_crops``). The test loader lets the decoder pick the frames (``select``) and
+    scale them (``scale_frame``), and calls ``views_of_selected`` on them.
     """
 
     def __init__(self, num_frames: int, sampling_rate: int, target_fps: float,
@@ -85,9 +92,8 @@ class TestViews:
         self.num_frames, self.sampling_rate, self.target_fps = num_frames, sampling_rate, target_fps
         self.num_clips, self.num_crops = num_clips, num_crops
         self.crop_size = crop_size
-        self.scale = ShortSideScale(short_side if num_crops == 1 else crop_size)
-        self.div = Div255()
-        self.normalize = Normalize(tuple(mean), tuple(std))
+        self.short_side = short_side if num_crops == 1 else crop_size
+        self.normalize = Normalize(tuple(mean), tuple(std), inplace=True)
 
     @classmethod
     def from_config(cls, cfg, num_clips: int = 0, num_crops: int = 0) -> "TestViews":
@@ -107,16 +113,34 @@ class TestViews:
                                       self.target_fps, i, self.num_clips)
                 for i in range(self.num_clips)]
 
+    def select(self, num_video_frames: int, fps: float = 0.0) -> torch.Tensor:
+        """The frames of all clips, clip after clip (a frame selector for the decoder)."""
+        return torch.cat(self.frame_indices(num_video_frames, float(fps or self.target_fps)))
+
     def __call__(self, sample: Dict) -> Dict:
-        video = sample["video"]
-        fps = float(sample.get("fps") or self.target_fps)
-        index = torch.cat(self.frame_indices(video.shape[1], fps))
-        clips = self.scale(self.div(video.index_select(1, index)))  # (C, clips*T, H', W')
-        views = []
-        for clip in clips.split(self.num_frames, dim=1):
-            crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)
-            views += [self.normalize(uniform_crop(clip, self.crop_size, i)) for i in crop_ids]
-        sample["video"] = torch.stack(views)
+        """The views of a whole decoded video."""
+        index = self.select(sample["video"].shape[1], sample.get("fps") or 0.0)
+        sample["video"] = sample["video"].index_select(1, index)
+        return self.views_of_selected(sample)
+
+    def scale_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """One decoded ``(H, W, 3)`` frame scaled as ``views_of_selected`` scales a clip (a
+        frame transform for the decoder; scaling a clip already at the size does nothing)."""
+        return scale_short_side(frame.permute(2, 0, 1)[:, None], self.short_side)[:, 0].permute(1, 2, 0)
+
+    def views_of_selected(self, sample: Dict) -> Dict:
+        """The views of ``select``'s frames ``(C, clips*T, H, W)``."""
+        clips = scale_short_side(sample["video"], self.short_side)  # (C, clips*T, H', W')
+        crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)
+        crops = [uniform_crop(clip, self.crop_size, i)
+                 for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
+        # Written in place into one numpy-allocated tensor (see revvideo.decoding) instead of
+        # stacking fresh float tensors.
+        views = torch.from_numpy(np.empty((len(crops), *crops[0].shape), dtype=np.float32))
+        for view, crop in zip(views, crops):
+            torch.div(crop.contiguous(), 255.0, out=view)  # Div255 (contiguous: see ToUnitFloat)
+            self.normalize(view)  # in place
+        sample["video"] = views
         return sample
 
 

@@ -1,15 +1,21 @@
 #!/usr/bin/env python
 """Video benchmarks: data loading speed, and training-step memory of Rev-MViT-B 16x4 vs MViT-B.
 
-    python tools/benchmark_video.py loading              # clips/s, PyAV, workers 0 and 2
+    python tools/benchmark_video.py loading              # clips/s and ratios to the decoder floor
     python tools/benchmark_video.py memory               # one training step at batch 1, 16x224x224
     python tools/benchmark_video.py all --out output/benchmark_video
 
-``loading`` decodes Kinetics-like clips (340x256, 30 fps, 10 s, H.264; generated once with
-``revvideo.synthetic`` into the cache) through the real pipelines: the training pipeline
-(random 16x4 clip, short side 256-320, crop 224, flip, normalise; with and without
-RandAugment) and the test pipeline (the whole video decoded once, 5 clips x 1 crop). It
-reports clips/s (training) and videos/s (test) with 0 and 2 DataLoader workers.
+``loading`` times, in one process with ``torch.set_num_threads(1)``, random 16x4 clips of
+camera-like H.264 videos (340x256 and 1280x720, 25 and 30 fps, 10 s; written once by PyAV
+into the cache) through: the decoder floor (PyAV alone: seek, decode every frame of the
+clip's window, convert only the 16 kept frames to RGB), revvideo's decoding alone, the
+same through pytorchvideo's ``EncodedVideoPyAV`` (the "before"), the training pipeline of
+``configs/kinetics_revmvit_b_16x4.yaml`` (without and with RandAugment; MixUp acts on
+batches, not here), with ``DATA.DECODING_THREADS`` 2 and with 2 loader workers; and the
+test views (the whole video decoded once, 5 clips x 1 crop) against one full decode of
+the video. Every pipeline runs once per round on the same random clips (interleaved), and
+each ratio is the median over rounds of a ratio taken within a round; the issue's targets
+are printed as met or not.
 
 ``memory`` runs each model in a fresh process (this script with the hidden ``--worker``
 flag): build, one warm-up training step, then the measured step (forward, cross-entropy,
@@ -52,72 +58,217 @@ MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute t
 
 
 # -------------------------------------------------------------------------------- loading
-def kinetics_like_videos(num: int):
-    from revvideo.synthetic import ShapesSpec, ensure_dataset
+LOADING_SIZES = {"340x256": (340, 256), "1280x720": (1280, 720)}
+LOADING_FPS = (25, 30)
+VIDEO_SECONDS = 10
+CLIP_FRAMES = 16
+# key -> (label, unit, reference key, items per round as a fraction of --clips or --test-videos)
+PIPELINES = {
+    "floor": ("decoder floor: seek, decode the clip's window, RGB for the 16 kept frames",
+              "clips/s", "floor", 1.0),
+    "decode": ("revvideo decode only: 16x4 clip, 16 frames kept (uint8)", "clips/s", "floor", 1.0),
+    "pytorchvideo": ("before: pytorchvideo EncodedVideoPyAV + UniformTemporalSubsample (float)",
+                     "clips/s", "floor", 0.25),
+    "train": ("revvideo train: short side 256-320, crop 224, flip, normalise", "clips/s", "floor", 1.0),
+    "train_randaug": ("revvideo train + RandAugment m7-n4", "clips/s", "floor", 1.0),
+    "train_threads": ("revvideo train, DATA.DECODING_THREADS 2 (FFmpeg frame threads)",
+                      "clips/s", "floor", 1.0),
+    "train_2_workers": ("revvideo train, 2 loader workers", "clips/s", "train", 1.0),
+    "train_2_workers_threads": ("revvideo train, 2 loader workers, DATA.DECODING_THREADS 2",
+                                "clips/s", "train_2_workers", 1.0),
+    "full_decode": ("decode every frame of the video (no RGB)", "videos/s", "full_decode", 1.0),
+    "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224", "videos/s",
+             "full_decode", 1.0),
+}
+WORKERS = {"train_2_workers": 2, "train_2_workers_threads": 2}
+THREADS = {"train_threads": 2, "train_2_workers_threads": 2}
+TARGETS = [("decode", 0.9), ("train", 0.6), ("test", 0.8), ("train_2_workers", 1.6)]
 
-    spec = ShapesSpec(num_train=num, num_val=0, frames=300, width=340, height=256, fps=30, seed=7)
-    return ensure_dataset(spec)
+
+def _write_benchmark_video(path: Path, width: int, height: int, fps: int, seed: int) -> None:
+    """H.264 (libx264, crf 23, yuv420p) of a smooth moving colour pattern with mild noise:
+    camera-like content for the decoder, the same picture at every resolution."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32) * (340 / width)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        stream.thread_count = 1
+        for i in range(VIDEO_SECONDS * fps):
+            t = i / fps + seed
+            rgb = np.stack([128 + 100 * np.sin(x / 37 + 3 * t) * np.cos(y / 23 - 2 * t),
+                            128 + 100 * np.sin((x + y) / 51 + t),
+                            128 + 60 * np.cos(x / 17 - y / 29 + 5 * t)], -1)
+            rgb += rng.normal(0, 4, rgb.shape)
+            frame = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
 
 
-def _loading_cfg(data_dir: Path, workers: int, rand_augment: bool):
+def loading_videos(per_rate: int, sizes: List[str]) -> Dict[str, List[str]]:
+    """``per_rate`` videos of each size at 25 and 30 fps, generated once into the cache."""
+    from revvideo.synthetic import default_root
+
+    root = default_root().parent / "benchmark_videos"
+    root.mkdir(parents=True, exist_ok=True)
+    videos: Dict[str, List[str]] = {}
+    for size in sizes:
+        width, height = LOADING_SIZES[size]
+        for fps in LOADING_FPS:
+            for i in range(per_rate):
+                path = root / f"v1_{size}_{fps}fps_{VIDEO_SECONDS}s_{i}.mp4"
+                if not path.is_file():
+                    print(f"writing {path}", flush=True)
+                    _write_benchmark_video(path, width, height, fps, seed=i)
+                videos.setdefault(size, []).append(str(path))
+    return videos
+
+
+def floor_clips(paths: List[str], clip_seconds):
+    """The decoder floor: per video, PyAV alone (one thread) seeks, decodes the window of a
+    random clip (drawn as ``RandomClipSampler`` draws it) and converts its 16 kept frames
+    (with one reused converter, the fastest way PyAV offers)."""
+    import av
+    import torch
+    from av.video.reformatter import VideoReformatter
+    from pytorchvideo.data.clip_sampling import RandomClipSampler
+    from pytorchvideo.data.utils import pts_to_secs, secs_to_pts
+
+    sampler = RandomClipSampler(clip_seconds)
+    rgb = VideoReformatter()
+    for path in paths:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            base, first = stream.time_base, stream.start_time or 0
+            clip = sampler(0, pts_to_secs(stream.duration, base, first), {})
+            start = secs_to_pts(clip.clip_start_sec, base, first, round_mode="ceil")
+            end = secs_to_pts(clip.clip_end_sec, base, first, round_mode="ceil")
+            container.seek(max(start - 1024, 0), stream=stream)
+            window = []
+            for frame in container.decode(stream):
+                if frame.pts >= end:
+                    break
+                if frame.pts >= start:
+                    window.append(frame)
+            keep = torch.linspace(0, len(window) - 1, CLIP_FRAMES).long().tolist()
+            yield [rgb.reformat(window[i], format="rgb24").to_ndarray() for i in keep]
+
+
+def full_decodes(paths: List[str]):
+    """Every frame of each video decoded (one thread), none converted: one full decode."""
+    import av
+
+    for path in paths:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            yield sum(1 for _ in container.decode(stream))
+
+
+def _loading_cfg(aug: bool = False, threads: int = 1):
     import revvideo
 
     cfg = revvideo.get_cfg()
     cfg.merge_from_file(str(Path(__file__).resolve().parent.parent / "configs" / "kinetics_revmvit_b_16x4.yaml"))
-    cfg.merge_from_list(["DATA.PATH_TO_DATA_DIR", str(data_dir), "DATA.TEST_SPLIT", "train",
-                         "DATA_LOADER.NUM_WORKERS", workers, "DATA_LOADER.PIN_MEMORY", False,
-                         "AUG.ENABLE", rand_augment, "TRAIN.BATCH_SIZE", 4, "TEST.BATCH_SIZE", 1])
+    cfg.merge_from_list(["AUG.ENABLE", aug, "DATA.DECODING_THREADS", threads])
     return cfg
 
 
-def time_loader(loader, items_per_batch, warmup: int = 1) -> Dict[str, float]:
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    start, items = time.perf_counter(), 0
-    for batch in it:
-        items += items_per_batch(batch)
-    seconds = time.perf_counter() - start
-    return {"items": items, "seconds": seconds, "per_s": items / seconds if seconds else float("nan")}
-
-
-def run_loading(args) -> List[dict]:
+def pipeline_items(key: str, paths: List[str]):
+    """An iterable of the items (clips or videos) of pipeline ``key`` over ``paths``, in order."""
     import torch
 
     import revvideo  # noqa: F401  (first: pytorchvideo's torchvision import fix)
+    from pytorchvideo.data import LabeledVideoDataset
     from pytorchvideo.data.clip_sampling import RandomClipSampler
     from pytorchvideo.transforms import ApplyTransformToKey, UniformTemporalSubsample
-    from revvideo.data import (VideoDataset, build_test_dataset, build_test_loader,
-                               build_train_dataset, clip_duration, read_split)
-    from revvideo.transforms import KeepKeys
+    from revvideo.data import VideoDataset, VideoList, build_test_dataset, clip_duration
+    from revvideo.decoding import UniformFrames
+    from revvideo.transforms import train_transform
+
+    cfg = _loading_cfg(aug=key == "train_randaug", threads=THREADS.get(key, 1))
+    seconds = clip_duration(cfg)
+    rows = [(path, 0) for path in paths]
+    in_order = lambda items: torch.utils.data.SequentialSampler(items)  # noqa: E731
+    if key == "floor":
+        return floor_clips(paths, seconds)
+    if key == "full_decode":
+        return full_decodes(paths)
+    if key == "test":
+        dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
+    elif key == "pytorchvideo":
+        dataset = LabeledVideoDataset([(p, {"label": 0}) for p in paths], RandomClipSampler(seconds),
+                                      in_order, ApplyTransformToKey("video", UniformTemporalSubsample(16)),
+                                      decode_audio=False, decoder="pyav")
+    else:
+        transform = None if key == "decode" else train_transform(cfg)
+        dataset = VideoDataset(rows, RandomClipSampler(seconds), in_order, transform,
+                               cfg.DATA.MIN_FRAMES, UniformFrames(CLIP_FRAMES), cfg.DATA.DECODING_THREADS)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=WORKERS.get(key, 0))
+
+
+def time_items(items) -> Dict[str, float]:
+    """Items per second after the first (warm-up: loader workers starting, first seek)."""
+    it = iter(items)
+    next(it)
+    start, count = time.perf_counter(), 0
+    for _ in it:
+        count += 1
+    seconds = time.perf_counter() - start
+    return {"items": count, "seconds": seconds, "per_s": count / seconds}
+
+
+def run_loading(args) -> List[dict]:
+    """Every pipeline once per round, interleaved (in an order rotated every round), each
+    round with the same random clips; ratios are taken within a round (a slow stretch of the
+    shared machine hits both sides)."""
+    import random
+
+    import torch
+
+    import revvideo  # noqa: F401  (first: pytorchvideo's torchvision import fix)
 
     torch.set_num_threads(1)
-    data_dir = kinetics_like_videos(args.videos)
+    videos = loading_videos(args.videos, args.sizes)
+    load_before = os.getloadavg()[0]
+    rounds: Dict[tuple, List[dict]] = {}
+    keys = list(PIPELINES)
+    for r in range(args.rounds):
+        for size, paths in videos.items():
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                label, unit, _, share = PIPELINES[key]
+                count = args.test_videos if unit == "videos/s" else args.clips
+                count = max(3, round(count * share)) + 1  # + the warm-up item
+                items = [paths[i % len(paths)] for i in range(count)]
+                random.seed(r)  # RandomClipSampler: the same clips in every pipeline of a round
+                torch.manual_seed(r)
+                result = time_items(pipeline_items(key, items))
+                rounds.setdefault((size, key), []).append(result)
+                print(json.dumps(dict(round=r, size=size, pipeline=key, **result)), flush=True)
     rows = []
-    for workers in (0, 2):
-        cfg = _loading_cfg(data_dir, workers, False)
-        decode_only = VideoDataset(read_split(cfg, "train").videos, RandomClipSampler(clip_duration(cfg)),
-                                   lambda items: torch.utils.data.RandomSampler(items),
-                                   KeepKeys(ApplyTransformToKey("video", UniformTemporalSubsample(16))))
-        loader = torch.utils.data.DataLoader(decode_only, batch_size=4, num_workers=workers)
-        r = time_loader(loader, lambda b: len(b["label"]))
-        rows.append(dict(pipeline="decode only: random 64-frame clip (16x4), 16 frames kept, 340x256",
-                         workers=workers, unit="clips/s", **r))
-        print(json.dumps(rows[-1]), flush=True)
-        for aug in (False, True):
-            cfg = _loading_cfg(data_dir, workers, aug)
-            dataset = build_train_dataset(cfg)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers)
-            r = time_loader(loader, lambda b: len(b["label"]))
-            rows.append(dict(pipeline="train: 16x4 clip, scale 256-320, crop 224, flip"
-                             + (", RandAugment" if aug else ""), workers=workers, unit="clips/s", **r))
-            print(json.dumps(rows[-1]), flush=True)
-        cfg = _loading_cfg(data_dir, workers, False)
-        loader = build_test_loader(cfg, build_test_dataset(cfg))
-        r = time_loader(loader, lambda b: len(b["label"]))
-        rows.append(dict(pipeline="test: whole video decoded, 5 clips x 1 crop (224)", workers=workers,
-                         unit="videos/s", **r))
-        print(json.dumps(rows[-1]), flush=True)
+    sizes = list(videos)
+    for (size, key), results in sorted(rounds.items(),
+                                       key=lambda kv: (sizes.index(kv[0][0]), keys.index(kv[0][1]))):
+        label, unit, reference, _ = PIPELINES[key]
+        ref = rounds[(size, reference)]
+        ratios = [a["per_s"] / b["per_s"] for a, b in zip(results, ref)]
+        rows.append(dict(size=size, pipeline=key, label=label, unit=unit, reference=reference,
+                         workers=WORKERS.get(key, 0), decoding_threads=THREADS.get(key, 1),
+                         per_s=statistics.median(r["per_s"] for r in results),
+                         rounds_per_s=[r["per_s"] for r in results],
+                         ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                         items=sum(r["items"] for r in results), rounds=len(results)))
+    for row in rows:
+        row["load"] = (load_before, os.getloadavg()[0])
     return rows
 
 
@@ -208,10 +359,25 @@ def run_memory(args) -> List[dict]:
 
 # --------------------------------------------------------------------------------- tables
 def loading_table(rows: List[dict]) -> str:
-    out = ["| pipeline | workers | throughput | items timed |", "|---|---|---|---|"]
+    out = ["| videos | pipeline | workers | throughput | ratio (median of rounds) | to | range |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['pipeline']} | {r['workers']} | {r['per_s']:.2f} {r['unit']} | {r['items']} |")
+        to = "itself" if r["reference"] == r["pipeline"] else r["reference"]
+        out.append(f"| {r['size']} | {r['label']} | {r['workers']} | {r['per_s']:.2f} {r['unit']} | "
+                   f"{r['ratio']:.2f}x | {to} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
     return "\n".join(out)
+
+
+def loading_targets(rows: List[dict]) -> List[dict]:
+    """The issue's targets, per video size: each a ratio measured within the same rounds."""
+    by = {(r["size"], r["pipeline"]): r for r in rows}
+    out = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        for key, target in TARGETS:
+            r = by[(size, key)]
+            out.append(dict(size=size, pipeline=key, target=target, ratio=r["ratio"],
+                            reference=r["reference"], met=r["ratio"] >= target))
+    return out
 
 
 def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
@@ -231,7 +397,11 @@ def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["loading", "memory", "all"])
-    p.add_argument("--videos", type=int, default=24, help="videos decoded by the loading benchmark")
+    p.add_argument("--videos", type=int, default=2, help="loading: videos per size and frame rate")
+    p.add_argument("--sizes", nargs="+", default=list(LOADING_SIZES), choices=list(LOADING_SIZES))
+    p.add_argument("--clips", type=int, default=24, help="loading: clips per pipeline and round")
+    p.add_argument("--test-videos", type=int, default=8, help="loading: videos per test pipeline and round")
+    p.add_argument("--rounds", type=int, default=3, help="loading: interleaved rounds (median)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
@@ -247,8 +417,15 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.what in ("loading", "all"):
-        results["loading"] = run_loading(args)
-        print("\nData loading (PyAV decoding, 340x256 30 fps H.264 clips):\n" + loading_table(results["loading"]))
+        rows = results["loading"] = run_loading(args)
+        results["loading_targets"] = loading_targets(rows)
+        load = rows[0]["load"]
+        print(f"\nData loading (PyAV; H.264 {VIDEO_SECONDS} s at 25 and 30 fps; one process, "
+              f"torch.set_num_threads(1); {args.rounds} rounds; load average {load[0]:.1f} -> "
+              f"{load[1]:.1f}):\n" + loading_table(rows))
+        for t in results["loading_targets"]:
+            print(f"{t['size']}: {t['pipeline']} / {t['reference']} = {t['ratio']:.2f}x "
+                  f"(target >= {t['target']}x: {'met' if t['met'] else 'not met'})")
     if args.what in ("memory", "all"):
         results["memory"] = run_memory(args)
         print("\nOne training step (forward + cross-entropy + backward):\n"
