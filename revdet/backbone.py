@@ -50,7 +50,7 @@ class StageBackbone(Backbone):
     """The stage maps of a ``backbones.MViT`` (image model) as a Detectron2 ``Backbone``.
 
     The classifier's final norm and head are dropped (unused parameters would break DDP
-    with ``find_unused_parameters=False``, which reversible backprop requires). Position
+    with Detectron2's default ``find_unused_parameters=False``). Position
     embeddings are resized to each input's grid, so any input size works; inputs whose
     sides are not multiples of the largest stride give maps of ``ceil(side / stride)``.
     """
