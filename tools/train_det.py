@@ -57,15 +57,14 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.SOLVER.AMP.ENABLED = False  # Detectron2's AMPTrainer is CUDA-only
     cfg.freeze()
     default_setup(cfg, args)
     if not cfg.MODEL.DEVICE.startswith("cuda"):
         local = max(comm.get_local_size(), 1)
         if local > 1:  # share the cores between the processes on this machine
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        logger.info("Running on the CPU (fp32) with %d thread(s) per process",
+        logger.info("Running on the CPU (%s) with %d thread(s) per process",
+                    cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "float32",
                     torch.get_num_threads())
     shapes.register_shapes_from_config(cfg)
     return cfg
@@ -114,6 +113,7 @@ def cli(argv=None):
         cfg = revdet.add_revdet_config(get_cfg())
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
+        revdet.config.check_solver(cfg, args.num_gpus * args.num_machines)
         shapes.generate_used(cfg)
     print("Command Line Args:", args, flush=True)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

@@ -120,6 +120,7 @@ def cli(argv=None):
     args = parse_args(argv)
     if args.config_file:  # generate the synthetic data once here, not in every process
         cfg = load_config(args)
+        revvideo.config.check_solver(cfg, args.num_gpus)
         if cfg.DATA.DATASET == "synthetic_shapes":
             from revvideo.data import dataset_dir
 
