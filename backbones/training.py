@@ -126,3 +126,17 @@ class Accumulator:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+
+
+class AccumulatorState:
+    """Mixin for a trainer with ``state_dict`` / ``load_state_dict`` (Detectron2's) and an
+    ``accumulator``: its checkpoints carry the fp16 ``GradScaler`` state too."""
+
+    accumulator: Accumulator
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **self.accumulator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.accumulator.load_state_dict(state)

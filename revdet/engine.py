@@ -27,7 +27,7 @@ import torch
 
 from backbones.lr_decay import lr_scales
 from backbones.memory import proc_status_mb, reset_peak_rss
-from backbones.training import AMP_DTYPES, Accumulator
+from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (DefaultTrainer, HookBase, SimpleTrainer, TrainerBase,
@@ -96,7 +96,7 @@ class MetricPrinter(CommonMetricPrinter):
 
 
 # ------------------------------------------------------------------ trainer
-class AccumTrainer(SimpleTrainer):
+class AccumTrainer(AccumulatorState, SimpleTrainer):
     """Detectron2's ``SimpleTrainer`` whose step sums the gradients of ``accum_iter``
     micro-batches (each loader batch cut in equal parts; all but the last outside DDP's
     gradient sync) and optionally runs forward under autocast (``amp_dtype``; bf16 works on
@@ -118,13 +118,6 @@ class AccumTrainer(SimpleTrainer):
         self.after_backward()
         self._write_metrics(loss_dict, data_time)
         self.accumulator.step()
-
-    def state_dict(self):
-        return {**super().state_dict(), **self.accumulator.state_dict()}
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.accumulator.load_state_dict(state_dict)
 
 
 class Trainer(DefaultTrainer):

@@ -29,7 +29,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -46,7 +46,7 @@ from detectron2.utils import comm  # noqa: E402
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler  # noqa: E402
 
 from backbones.lr_decay import lr_scales  # noqa: E402
-from backbones.training import AMP_DTYPES, Accumulator  # noqa: E402
+from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState  # noqa: E402
 
 from .checkpoint import VideoCheckpointer  # noqa: E402
 from .config import check_solver  # noqa: E402
@@ -114,7 +114,43 @@ def build_lr_scheduler(cfg, optimizer, max_iter: int, warmup_iter: int) -> LRMul
 
 
 # -------------------------------------------------------------------------- training
-class Trainer(SimpleTrainer):
+class ClipTrainer(AccumulatorState, SimpleTrainer):
+    """Detectron2's ``SimpleTrainer`` with the official video step: MixUp/CutMix and label
+    smoothing on the batch of clips, soft cross-entropy, gradient clipping, one optimizer
+    step. The batch is cut into ``accum_iter`` micro-batches whose gradients are summed
+    (after mixing the whole batch, so the step equals the one without accumulation), and
+    forward can run under autocast (``amp_dtype``): ``backbones.training.Accumulator``."""
+
+    def __init__(self, model, data_loader, optimizer, mix: BatchMix, accum_iter: int = 1,
+                 amp_dtype: Optional[torch.dtype] = None, device: torch.device = torch.device("cpu"),
+                 clip_grad: float = 0.0):
+        super().__init__(model, data_loader, optimizer)
+        self.mix, self.device, self.clip_grad = mix, device, clip_grad
+        self.accumulator = Accumulator(model, optimizer, accum_iter, amp_dtype, device.type)
+
+    def run_step(self):
+        assert self.model.training, "the model was switched to eval mode"
+        start = time.perf_counter()
+        batch = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        videos = batch["video"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        videos, targets = self.mix(videos, labels)  # the whole batch, as without accumulation
+
+        def loss(part: range) -> Dict[str, torch.Tensor]:
+            logits = self.model(videos[part.start:part.stop])
+            return {"loss_cls": soft_cross_entropy(logits, targets[part.start:part.stop])}
+
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.accumulator.backward(self.accumulator.split(range(len(videos))), loss)
+        if self.clip_grad > 0:
+            self.accumulator.unscale_()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self._write_metrics(losses, data_time)
+        self.accumulator.step()
+
+
+class Trainer(ClipTrainer):
     """Everything ``tools/train_video.py`` trains with, built from the config."""
 
     def __init__(self, cfg):
@@ -138,12 +174,10 @@ class Trainer(SimpleTrainer):
             ids = [self.device.index] if self.device.type == "cuda" else None
             ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
                                           find_unused_parameters=False)
-        super().__init__(ddp, loader, optimizer)
-        self.net = model  # unwrapped
-        self.mix = BatchMix.from_config(cfg)
         amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
-        self.accumulator = Accumulator(ddp, optimizer, cfg.SOLVER.ACCUM_ITER, amp_dtype,
-                                       self.device.type)
+        super().__init__(ddp, loader, optimizer, BatchMix.from_config(cfg), cfg.SOLVER.ACCUM_ITER,
+                         amp_dtype, self.device, cfg.SOLVER.CLIP_GRAD_L2NORM)
+        self.net = model  # unwrapped
         self.scheduler = build_lr_scheduler(cfg, optimizer, self.max_iter, warmup)
         self.checkpointer = VideoCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                               trainer=weakref.proxy(self))
@@ -192,34 +226,6 @@ class Trainer(SimpleTrainer):
     def train(self):
         super().train(self.start_iter, self.max_iter)
         return getattr(self, "_last_eval_results", None)
-
-    def run_step(self):
-        assert self.model.training, "the model was switched to eval mode"
-        start = time.perf_counter()
-        batch = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        videos = batch["video"].to(self.device, non_blocking=True)
-        labels = batch["label"].to(self.device, non_blocking=True)
-        videos, targets = self.mix(videos, labels)  # the whole batch, as without accumulation
-
-        def loss(part: range) -> Dict[str, torch.Tensor]:
-            logits = self.model(videos[part.start:part.stop])
-            return {"loss_cls": soft_cross_entropy(logits.float(), targets[part.start:part.stop])}
-
-        self.optimizer.zero_grad(set_to_none=True)
-        losses = self.accumulator.backward(self.accumulator.split(range(len(videos))), loss)
-        if self.cfg.SOLVER.CLIP_GRAD_L2NORM > 0:
-            self.accumulator.unscale_()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD_L2NORM)
-        self._write_metrics(losses, data_time)
-        self.accumulator.step()
-
-    def state_dict(self):
-        return {**super().state_dict(), **self.accumulator.state_dict()}
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        self.accumulator.load_state_dict(state_dict)
 
 
 # ------------------------------------------------------------------------ evaluation
