@@ -63,11 +63,19 @@ class ReversibleBlock(nn.Module):
     def g(self, y1: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return apply_mask(self.G(y1), mask)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, thw: THW):
+    def plain_forward(self, x1: torch.Tensor, x2: torch.Tensor, thw: THW):
         mask = self.sample_mask(x1)
         y1 = x1 + self.f(x2, thw, mask)
         y2 = x2 + self.g(y1, mask)
         return y1, y2
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, thw: THW, segment=None):
+        """``(Y1, Y2)``. Inside a reversible segment (``segment``, from
+        ``backbones.reversible``) the block runs as one step of reversible backprop, still
+        through this module call so that hooks on the block fire as usual."""
+        if segment is not None:
+            return segment.run_block(self, x1, x2)
+        return self.plain_forward(x1, x2, thw)
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path:.4f}"

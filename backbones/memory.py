@@ -7,10 +7,13 @@ the same way (see design.md, "Measuring").
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 
@@ -47,6 +50,49 @@ def saved_tensor_meter(exclude: Iterable[torch.Tensor] = ()) -> Iterator[SavedTe
     meter = SavedTensorMeter(exclude)
     with torch.autograd.graph.saved_tensors_hooks(meter._pack, lambda t: t):
         yield meter
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Exact peak of the tensor memory allocated while active (``peak_bytes``), any device.
+
+    Every storage an operator freshly allocates is counted until it is freed (a weak
+    reference tells); views, in-place results and tensors that existed before the mode was
+    entered (parameters, ``.grad``, the input) are not. So ``with LiveTensorPeak() as m:
+    loss = model(x); loss.backward()`` measures activations plus backward's temporaries
+    above the model and its gradients, free of allocator caching and heap fragmentation.
+    Operators' internal workspaces that never become tensors are not seen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._tracked = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live_bytes -= nbytes
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+            return
+        key = id(storage)
+        if key in self._tracked:
+            return
+        self._tracked.add(key)
+        self.live_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._free, key, storage.nbytes())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not any(r.alias_info is not None for r in func._schema.returns):  # fresh outputs
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    self._track(leaf)
+        return out
 
 
 # For peak measurements that count live tensors, not allocator history: glibc serves

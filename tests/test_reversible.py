@@ -178,3 +178,97 @@ def test_torch_compile_gives_same_gradients(kind, recompute):
     compiled(x).sum().backward()
     for (name, p), a in zip(model.named_parameters(), ref):
         assert (a - p.grad).abs().max() <= 1e-5 * scale, name
+
+
+# ------------------------------------------------------- per-block gradient delivery
+
+
+def test_gradients_arrive_block_by_block():
+    """Each block's parameter gradients reach ``.grad`` (post-accumulate hooks) before the
+    block below starts recomputing, so at most one block's gradients are temporaries."""
+    model = tiny_model("vit", depth=4).train()
+    events = []
+    for i, blk in enumerate(model.layers):
+        for p in blk.parameters():
+            p.register_post_accumulate_grad_hook(lambda p, i=i: events.append(("grad", i)))
+        # G runs first in each block's backward (Y1 -> G), so this marks its recompute start
+        blk.G.register_forward_pre_hook(lambda m, a, i=i: events.append(("recompute", i)))
+    loss = model(tiny_input(model)).sum()
+    events.clear()  # drop the forward's own G calls
+    loss.backward()
+
+    recompute_at = {i: events.index(("recompute", i)) for i in range(4)}
+    assert [i for kind, i in events if kind == "recompute"] == [3, 2, 1, 0]
+    for i in range(4):
+        grads_at = [n for n, e in enumerate(events) if e == ("grad", i)]
+        assert len(grads_at) == len(list(model.layers[i].parameters()))
+        assert grads_at[0] > recompute_at[i]
+        if i > 0:  # all of block i's gradients are in before block i-1 begins
+            assert max(grads_at) < recompute_at[i - 1], (i, events)
+
+
+def test_block_hooks_fire_once_per_forward():
+    """Hooks on a block see one call per forward, with or without reversible backprop."""
+    counts = {}
+    for rev in (True, False):
+        model = tiny_model("mvit", depth=6, rev_backprop=rev).train()
+        calls = []
+        model.layers[0].register_forward_pre_hook(lambda m, a: calls.append("pre"))
+        model.layers[0].register_forward_hook(lambda m, a, out: calls.append("post"))
+        model(tiny_input(model)).sum().backward()
+        counts[rev] = calls
+    assert counts[True] == counts[False] == ["pre", "post"]
+
+
+def test_second_backward_over_retained_graph_gives_same_gradients():
+    model = tiny_model("mvit", depth=6, drop_path_rate=0.3, dropout=0.1).double().train()
+    x = tiny_input(model, dtype=torch.float64).requires_grad_()
+    loss = (model(x) * torch.linspace(-1, 1, 5, dtype=x.dtype)).sum()
+    runs = []
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        loss.backward(retain_graph=True)
+        runs.append([x.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_backward_after_the_graph_was_freed_raises_autograds_error():
+    model = tiny_model("vit", depth=3).train()
+    loss = model(tiny_input(model)).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+def test_freezing_after_forward_refuses_instead_of_misrouting():
+    model = tiny_model("vit", depth=3).train()
+    loss = model(tiny_input(model)).sum()
+    for p in model.layers[1].F.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="stopped requiring gradients"):
+        loss.backward()
+
+
+def test_unfreezing_after_forward_matches_autograd():
+    """A parameter frozen at forward time gets no gradient, as with plain autograd, and the
+    others get theirs (the parameter list is the one captured at forward)."""
+    results = []
+    for rev in (True, False):
+        torch.manual_seed(0)
+        model = tiny_model("vit", depth=3, rev_backprop=rev).double().train()
+        for p in model.layers[1].F.parameters():
+            p.requires_grad_(False)
+        loss = model(tiny_input(model, dtype=torch.float64)).square().sum()
+        for p in model.layers[1].F.parameters():
+            p.requires_grad_(True)
+        loss.backward()
+        results.append({n: p.grad for n, p in model.named_parameters()})
+    rev, plain = results
+    for name, g in plain.items():
+        if g is None:
+            assert rev[name] is None, name
+        else:
+            assert torch.allclose(rev[name], g, rtol=1e-9, atol=1e-13), name
+    assert rev["layers.1.F.attn.q.weight"] is None

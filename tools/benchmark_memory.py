@@ -26,7 +26,12 @@ peak. Per configuration it measures, on the CPU with 2 threads:
   (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
   again in a second fresh process in which glibc returns every freed block >= 64 KiB to
   the OS at once (with the default allocator the RSS also counts heap fragmentation,
-  which grows with depth and blurs the comparison).
+  which grows with depth and blurs the comparison);
+* the same two peaks for a step whose parameters already hold gradients, as in every
+  micro-batch after the first of a gradient accumulation ("peak accumulating"; above the
+  model and its gradients), and that step's exact live-tensor peak
+  (``backbones.memory.LiveTensorPeak``: activations plus backward's temporaries, no
+  allocator effects).
 
 A training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``;
 there is no optimizer step (it costs the same for all three models and no extra memory
@@ -101,14 +106,15 @@ def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
     images = torch.randn(batch_size, 3, img_size, img_size)
     labels = torch.randint(0, model.cfg.num_classes, (batch_size,))
 
-    def step(measure_saved: bool = False):
+    def step(measure_saved: bool = False, accumulate: bool = False):
         # Only the forward is metered: the reversible backward saves tensors transiently
         # while it recomputes each block, and those are not kept activations.
         meter = saved_tensor_meter(exclude=params) if measure_saved else contextlib.nullcontext()
         with meter as saved:
             loss = F.cross_entropy(model(images), labels)
         loss.backward()
-        model.zero_grad(set_to_none=True)
+        if not accumulate:
+            model.zero_grad(set_to_none=True)
         return saved
 
     return step, params
@@ -124,6 +130,8 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
     import torch
 
+    from backbones.memory import LiveTensorPeak
+
     torch.set_num_threads(2)
     torch.manual_seed(0)
     step, params = _training_step(variant, depth, batch_size, img_size)
@@ -131,6 +139,11 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     saved_bytes = step(measure_saved=True).total_bytes  # the warm-up step
     times = [_timed(step) for _ in range(steps)]
     peak = _step_peak_bytes(step)
+    for p in params:  # as after the first micro-batch of an accumulation
+        p.grad = torch.zeros_like(p)
+    accum_peak = _step_peak_bytes(lambda: step(accumulate=True))
+    with LiveTensorPeak() as live:
+        step(accumulate=True)
 
     return {
         "variant": variant, "label": VARIANTS[variant][0], "depth": depth,
@@ -139,6 +152,8 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
         "grad_mb": grad_bytes / MB,
         "peak_mb": None if peak is None else peak / MB,
         "peak_above_grads_mb": None if peak is None else (peak - grad_bytes) / MB,
+        "peak_accum_mb": None if accum_peak is None else accum_peak / MB,
+        "live_accum_mb": live.peak_bytes / MB,
         "step_s": statistics.median(times) if times else None,
         "step_times_s": times,
     }
@@ -211,6 +226,7 @@ def run_config(variant: str, depth: int, args) -> dict:
         m = _run_worker_process(variant, depth, args, 0, MMAP_MALLOC_ENV)
         r["peak_mmap_mb"] = m.get("peak_mb")
         r["peak_mmap_above_grads_mb"] = m.get("peak_above_grads_mb")
+        r["peak_accum_mmap_mb"] = m.get("peak_accum_mb")
     return r
 
 
@@ -268,6 +284,13 @@ def check_targets(results: List[dict], depths: List[int], interleaved: List[dict
     add(f"Rev-ViT-B saved tensors, depth {hi} / depth {lo} <= 1.05", v, 1.05, v is not None and v <= 1.05)
     v = rev_lo["saved_mb"] / vit_lo["saved_mb"] if rev_lo and vit_lo else None
     add(f"Rev-ViT-B / ViT-B saved tensors at depth {lo} <= 1/6", v, 1 / 6, v is not None and v <= 1 / 6)
+    vit_hi = by.get(("vit_b", hi))
+    for key, what in (("peak_accum_mmap_mb", "peak accumulating (mmap)"),
+                      ("live_accum_mb", "live tensors accumulating")):
+        v = rev_hi[key] / rev_lo[key] if rev_lo and rev_hi and rev_lo.get(key) else None
+        add(f"Rev-ViT-B {what}, depth {hi} / depth {lo} <= 1.1", v, 1.1, v is not None and v <= 1.1)
+        v = rev_hi[key] / vit_hi[key] if rev_hi and vit_hi and vit_hi.get(key) else None
+        add(f"Rev-ViT-B / ViT-B {what} at depth {hi} <= 1/4", v, 1 / 4, v is not None and v <= 1 / 4)
     for d in depths:
         rev, vit, ckpt = by.get(("rev_vit_b", d)), by.get(("vit_b", d)), by.get(("vit_b_ckpt", d))
         if d in sweeps:
@@ -304,17 +327,18 @@ def _print_rows(headers: List[str], rows: List[list]) -> None:
 def print_table(results: List[dict]) -> None:
     headers = ["model", "depth", "params M", "step s", "step vs ViT-B", "saved MB",
                "saved vs ViT-B", "saved vs min depth", "peak MB", "peak-grads MB",
-               "peak-grads MB (mmap)"]
+               "peak-grads MB (mmap)", "peak accumulating MB (mmap)", "live accumulating MB"]
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 8)
+            rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 10)
             continue
         rows.append([r["label"], r["depth"], _fmt(r["params_m"], ".1f"), _fmt(r["step_s"], ".2f"),
                      _fmt(r["step_vs_vit_b"], ".2f"), _fmt(r["saved_mb"], ".1f"),
                      _fmt(r["saved_vs_vit_b"], ".3f"), _fmt(r["saved_vs_smallest_depth"], ".2f"),
                      _fmt(r["peak_mb"], ".0f"), _fmt(r["peak_above_grads_mb"], ".0f"),
-                     _fmt(r.get("peak_mmap_above_grads_mb"), ".0f")])
+                     _fmt(r.get("peak_mmap_above_grads_mb"), ".0f"),
+                     _fmt(r.get("peak_accum_mmap_mb"), ".0f"), _fmt(r.get("live_accum_mb"), ".0f")])
     _print_rows(headers, rows)
 
 
@@ -347,8 +371,9 @@ def plot(results: List[dict], path: Path) -> bool:
         return False
     panels = [("saved_mb", "saved tensors (MB, log)", True),
               ("peak_mmap_above_grads_mb", "step peak - grads, mmap malloc (MB)", False),
+              ("peak_accum_mmap_mb", "peak accumulating, mmap malloc (MB)", False),
               ("step_s", "step time (s)", False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.2))
     for ax, (key, title, log) in zip(axes, panels):
         for variant, (label, _, _) in VARIANTS.items():
             pts = sorted((r["depth"], r[key]) for r in results
@@ -446,7 +471,10 @@ def main(argv=None) -> int:
           "saved: tensors kept for backward during the forward, parameters excluded.\n"
           "peak: VmHWM - VmRSS before one step; -grads: minus the fp32 parameter gradients;\n"
           "(mmap): in another fresh process with MALLOC_MMAP_THRESHOLD_=65536, i.e. without\n"
-          "the fragmentation that glibc's default heap adds to the RSS.")
+          "the fragmentation that glibc's default heap adds to the RSS.\n"
+          "accumulating: a step whose parameters already hold gradients (every micro-batch\n"
+          "after the first); peak above the model and its gradients; live: the exact peak of\n"
+          "tensor storages allocated during the step (LiveTensorPeak).")
     busiest = max(r["load_avg_1min"] for r in results)
     if busiest > (os.cpu_count() or 2) + 0.5:
         print(f"\nwarning: other processes competed for the CPU (1-min load average up to "
