@@ -59,38 +59,22 @@ class Video:
 
 
 # -------------------------------------------------------------------------- detection
-DETERMINISTIC_DET = ["MODEL.MASK_ON", False, "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 4096,
-                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", 20, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 512]
-
-
 class Detection:
     tol = 1e-6  # float32: summation order differs with the micro-batches
 
     @staticmethod
     def model():
         from detectron2.modeling import build_model
-        from revdet_tiny import tiny_cfg
+        from revdet_tiny import DETERMINISTIC_LOSS, tiny_cfg
 
         torch.manual_seed(0)
-        return build_model(tiny_cfg("build_rev_mvit_fpn_backbone", *DETERMINISTIC_DET)).train()
+        return build_model(tiny_cfg("build_rev_mvit_fpn_backbone", *DETERMINISTIC_LOSS)).train()
 
     @staticmethod
     def batches():
-        from detectron2.structures import Boxes, Instances
+        from revdet_tiny import tiny_batch
 
-        g = torch.Generator().manual_seed(1)
-        out = []
-        for _ in range(STEPS):
-            batch = []
-            for _ in range(BATCH):
-                inst = Instances((64, 64))
-                xy = torch.rand(3, 2, generator=g) * 40
-                inst.gt_boxes = Boxes(torch.cat([xy, xy + 8 + torch.rand(3, 2, generator=g) * 16], 1))
-                inst.gt_classes = torch.randint(0, 3, (3,), generator=g)
-                batch.append({"image": torch.rand(3, 64, 64, generator=g) * 255, "instances": inst,
-                              "height": 64, "width": 64})
-            out.append(batch)
-        return out
+        return [tiny_batch(BATCH, seed=1 + step) for step in range(STEPS)]
 
     @staticmethod
     def shard(batch, rank, world):
