@@ -112,6 +112,20 @@ def test_train_resume_and_eval_only(tool, kinetics_dir, tmp_path):
     assert res2["top1"] == pytest.approx(res["top1"]) and res2["top5"] == pytest.approx(res["top5"])
 
 
+def test_accumulation_bf16_and_layer_decay_end_to_end(tool, kinetics_dir, tmp_path):
+    """Iterations, metrics and checkpoints count optimizer steps, not micro-batches."""
+    out = tmp_path / "accum"
+    run(tool, *opts(kinetics_dir, out, **{
+        "SOLVER.ACCUM_ITER": 2, "SOLVER.AMP.ENABLED": True, "SOLVER.AMP.DTYPE": "bfloat16",
+        "SOLVER.LAYER_DECAY": 0.8, "SOLVER.MAX_ITER": 3, "TEST.ENABLE": False}))
+    rows = [m for m in read_metrics(out) if "total_loss" in m]
+    assert [m["iteration"] for m in rows] == [0, 1, 2]
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
+    log = (out / "log.txt").read_text()
+    assert "4 clips per process in 2 micro-batches x 1 processes" in log
+    assert "3 iterations" in log and "bfloat16 autocast" in log
+
+
 # Big enough shapes (radius ~8 px at the 48-px crop) to tell circles from squares, clips
 # covering the whole motion (4 frames, 3 apart, of 12).
 LEARN_SPEC = ShapesSpec(num_train=120, num_val=24, frames=12, width=56, height=48, fps=30, seed=3)
