@@ -12,6 +12,10 @@ written for plain Detectron2 still merge.
 
 from __future__ import annotations
 
+import torch
+
+from backbones.lr_decay import check_layer_decay
+from backbones.training import check_training_options
 from detectron2.config import CfgNode as CN
 
 
@@ -64,6 +68,17 @@ def add_revdet_config(cfg: CN) -> CN:
     cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW
     # Weight decay of position embeddings (any parameter named pos_embed*); < 0 keeps WEIGHT_DECAY.
     cfg.SOLVER.WEIGHT_DECAY_POS_EMBED = -1.0
+    # Layer-wise LR decay of Rev-ViT / Rev-MViT backbones (backbones.lr_decay): block i of
+    # L trains with BASE_LR * LAYER_DECAY ** (L - i), the embeddings with ** (L + 1); the
+    # pyramid and heads with BASE_LR. 1.0 = off; ViTDet uses 0.7 for ViT-B.
+    cfg.SOLVER.LAYER_DECAY = 1.0
+    # Gradient accumulation: each iteration (optimizer step) runs ACCUM_ITER micro-batches of
+    # IMS_PER_BATCH / ACCUM_ITER images and sums their gradients (backbones.training). The
+    # schedule, MAX_ITER, checkpoints and metrics count optimizer steps.
+    cfg.SOLVER.ACCUM_ITER = 1
+    # Mixed precision (SOLVER.AMP.ENABLED): float16 (CUDA, with a GradScaler) or bfloat16
+    # (CUDA or CPU).
+    cfg.SOLVER.AMP.DTYPE = "float16"
 
     # ------------------------------------------------------------ augmentation
     # MViTv2 / DETR-style: with probability PROB, first resize the short side to one of
@@ -93,3 +108,21 @@ def add_revdet_config(cfg: CN) -> CN:
     cfg.TEST.VIS_IMAGES = 0
     cfg.TEST.VIS_SCORE_THRESH = 0.5
     return cfg
+
+
+def training_device(cfg) -> str:
+    """"cuda" or "cpu": where training runs (MODEL.DEVICE cuda falls back to the CPU)."""
+    return "cuda" if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def check_solver(cfg, world_size: int = 1) -> None:
+    """Raise ``backbones.errors.UserError`` naming the key if SOLVER.ACCUM_ITER,
+    SOLVER.LAYER_DECAY or SOLVER.AMP cannot work with ``world_size`` processes (called
+    before any data is read)."""
+    s = cfg.SOLVER
+    check_layer_decay(s.LAYER_DECAY)
+    per_process = s.IMS_PER_BATCH // max(world_size, 1)
+    where = (f"SOLVER.IMS_PER_BATCH ({s.IMS_PER_BATCH}) / {world_size} processes"
+             if world_size > 1 else "SOLVER.IMS_PER_BATCH")
+    check_training_options(s.ACCUM_ITER, per_process, where, s.AMP.ENABLED, s.AMP.DTYPE,
+                           training_device(cfg))

@@ -9,23 +9,29 @@ evaluation hook, ``metrics.json`` and TensorBoard writers, DDP) with:
 * ``RevDetCheckpointer`` (safe loading, backbone conversion, atomic saves);
 * peak memory in the log line and in ``metrics.json`` (CUDA: allocated bytes; CPU: the
   process's resident high-water mark during each iteration);
-* ``SimpleTrainer`` on the CPU, where Detectron2's ``AMPTrainer`` cannot run.
+* layer-wise LR decay of the backbone (``SOLVER.LAYER_DECAY``, ``backbones.lr_decay``);
+* ``AccumTrainer``, the step: gradient accumulation (``SOLVER.ACCUM_ITER``) and mixed
+  precision (``SOLVER.AMP``) on CUDA and on the CPU, where Detectron2's ``AMPTrainer``
+  cannot run (it asserts CUDA).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
+from backbones.lr_decay import lr_scales
 from backbones.memory import proc_status_mb, reset_peak_rss
+from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer,
-                               TrainerBase, create_ddp_model)
+from detectron2.engine import (DefaultTrainer, HookBase, SimpleTrainer, TrainerBase,
+                               create_ddp_model)
 from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -33,6 +39,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 
 from .checkpoint import RevDetCheckpointer
+from .config import check_solver, training_device
 from .data import RevDetDatasetMapper, check_datasets, guard_dataset
 
 logger = logging.getLogger(__name__)
@@ -89,14 +96,39 @@ class MetricPrinter(CommonMetricPrinter):
 
 
 # ------------------------------------------------------------------ trainer
+class AccumTrainer(AccumulatorState, SimpleTrainer):
+    """Detectron2's ``SimpleTrainer`` whose step sums the gradients of ``accum_iter``
+    micro-batches (each loader batch cut in equal parts; all but the last outside DDP's
+    gradient sync) and optionally runs forward under autocast (``amp_dtype``; bf16 works on
+    the CPU, fp16 on CUDA gets a ``GradScaler``), then takes one optimizer step. One
+    iteration is one optimizer step; the logged losses are those of the whole batch."""
+
+    def __init__(self, model, data_loader, optimizer, accum_iter: int = 1,
+                 amp_dtype: Optional[torch.dtype] = None, device_type: str = "cpu"):
+        super().__init__(model, data_loader, optimizer)
+        self.accumulator = Accumulator(model, optimizer, accum_iter, amp_dtype, device_type)
+
+    def run_step(self):
+        assert self.model.training, "[AccumTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self.optimizer.zero_grad()
+        loss_dict = self.accumulator.backward(self.accumulator.split(data), self.model)
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.accumulator.step()
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with revdet's optimizer, data, evaluator and checkpointer."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with two changes: DDP without device_ids on the CPU
-        # (Detectron2 always passes the local rank as a CUDA device), and revdet's
-        # checkpointer; the datasets are checked first, so bad data fails before the model
-        # is built.
+        # DefaultTrainer.__init__, with three changes: DDP without device_ids on the CPU
+        # (Detectron2 always passes the local rank as a CUDA device), revdet's step
+        # (AccumTrainer) and checkpointer; the solver settings, then the datasets are checked
+        # first, so bad settings or data fail before the model is built.
+        check_solver(cfg, comm.get_world_size())
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             guard_dataset(name)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -107,11 +139,12 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        device = training_device(cfg)
         model = create_ddp_model(model, broadcast_buffers=False,
-                                 **({} if cuda else {"device_ids": None}))
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED and cuda else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+                                 **({} if device == "cuda" else {"device_ids": None}))
+        amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
+        self._trainer = AccumTrainer(model, data_loader, optimizer, cfg.SOLVER.ACCUM_ITER,
+                                     amp_dtype, device)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = RevDetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -129,11 +162,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        """SGD (as Detectron2's) or AdamW, over Detectron2's parameter groups (no weight decay
+        for norms; WEIGHT_DECAY_BIAS, WEIGHT_DECAY_POS_EMBED) with the backbone's layer-wise
+        LR decay as their ``lr_factor_func`` (as in ViTDet)."""
         name = cfg.SOLVER.OPTIMIZER.upper()
-        if name == "SGD":
-            return super().build_optimizer(cfg, model)
-        if name != "ADAMW":
+        if name not in ("SGD", "ADAMW"):
             raise ValueError(f"SOLVER.OPTIMIZER must be SGD or ADAMW, got {cfg.SOLVER.OPTIMIZER!r}")
+        scales = lr_scales(model, cfg.SOLVER.LAYER_DECAY)
         overrides = {}
         if cfg.SOLVER.WEIGHT_DECAY_POS_EMBED >= 0:
             wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
@@ -143,10 +178,16 @@ class Trainer(DefaultTrainer):
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS, overrides=overrides)
-        optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR,
-                                      betas=tuple(cfg.SOLVER.BETAS),
-                                      weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            lr_factor_func=lambda param_name: scales.get(param_name, 1.0), overrides=overrides)
+        if name == "SGD":
+            optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                        nesterov=cfg.SOLVER.NESTEROV,
+                                        weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR,
+                                          betas=tuple(cfg.SOLVER.BETAS),
+                                          weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         return maybe_add_gradient_clipping(cfg, optimizer)
 
     @classmethod

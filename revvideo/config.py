@@ -14,6 +14,10 @@ full.
 
 from __future__ import annotations
 
+import torch
+
+from backbones.lr_decay import check_layer_decay
+from backbones.training import check_training_options
 from detectron2.config import CfgNode as _Detectron2CfgNode
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
@@ -30,6 +34,23 @@ class CN(_Detectron2CfgNode):
 def get_cfg() -> CN:
     """A fresh copy of the default config."""
     return _C.clone()
+
+
+def training_device(cfg) -> str:
+    """"cuda" or "cpu": where training runs (MODEL.DEVICE cuda falls back to the CPU)."""
+    return "cuda" if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
+def check_solver(cfg, processes_per_machine: int = 1) -> None:
+    """Raise ``backbones.errors.UserError`` naming the key if SOLVER.ACCUM_ITER,
+    SOLVER.LAYER_DECAY or SOLVER.AMP cannot work (called before any data is read)."""
+    s, batch = cfg.SOLVER, cfg.TRAIN.BATCH_SIZE
+    check_layer_decay(s.LAYER_DECAY)
+    local = max(processes_per_machine, 1)
+    where = (f"TRAIN.BATCH_SIZE ({batch}) / {local} processes per machine" if local > 1
+             else "TRAIN.BATCH_SIZE")
+    check_training_options(s.ACCUM_ITER, batch // local, where, s.AMP.ENABLED, s.AMP.DTYPE,
+                           training_device(cfg))
 
 
 _C = CN()
@@ -152,6 +173,7 @@ _C.SOLVER.BETAS = [0.9, 0.999]
 _C.SOLVER.MOMENTUM = 0.9  # sgd
 _C.SOLVER.WEIGHT_DECAY = 0.07
 _C.SOLVER.ZERO_WD_1D_PARAM = True  # no weight decay for biases and norm weights
+_C.SOLVER.ZERO_WD_POS_EMBED = True  # nor for position embeddings (official ZERO_DECAY_POS_CLS)
 _C.SOLVER.LR_POLICY = "cosine"  # cosine after a linear warmup (official COSINE_AFTER_WARMUP)
 _C.SOLVER.COSINE_END_LR = 1e-6
 _C.SOLVER.WARMUP_START_LR = 1e-6
@@ -161,6 +183,19 @@ _C.SOLVER.MAX_EPOCH = 200
 # laid out over MAX_ITER).
 _C.SOLVER.MAX_ITER = 0
 _C.SOLVER.CLIP_GRAD_L2NORM = 0.0  # > 0: clip the gradient norm
+# Layer-wise LR decay (backbones.lr_decay): block i of L trains with the LR times
+# LAYER_DECAY ** (L - i), the patch and position embeddings with ** (L + 1), the final norm
+# and head with the full LR. 1.0 = off.
+_C.SOLVER.LAYER_DECAY = 1.0
+# Gradient accumulation: each iteration (optimizer step) runs ACCUM_ITER micro-batches of
+# BATCH_SIZE / ACCUM_ITER clips per machine and sums their gradients (backbones.training).
+# The schedule, iterations per epoch, checkpoints and metrics count optimizer steps.
+_C.SOLVER.ACCUM_ITER = 1
+# Mixed precision: forward and loss under torch.autocast. DTYPE float16 (CUDA, with a
+# GradScaler) or bfloat16 (CUDA or CPU).
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False
+_C.SOLVER.AMP.DTYPE = "float16"
 
 # -------------------------------------------------------------------------- training
 _C.TRAIN = CN()

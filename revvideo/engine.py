@@ -12,6 +12,10 @@ Schedule and periods are in epochs (``SOLVER.MAX_EPOCH``, ``TRAIN.CHECKPOINT_PER
 ``TRAIN.EVAL_PERIOD``) and run as iterations: one epoch is
 ``ceil(videos / (clips per process x processes))`` iterations.
 
+A step can sum the gradients of several micro-batches (``SOLVER.ACCUM_ITER``) and run
+under autocast (``SOLVER.AMP``; bf16 on the CPU): ``backbones.training.Accumulator``.
+Iterations are optimizer steps.
+
 ``evaluate(cfg, model)`` runs the official multi-view test (``revvideo.multiview``) with
 ``inference_on_dataset`` (progress with ETA) and returns top-1/top-5.
 """
@@ -25,7 +29,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -41,7 +45,11 @@ from detectron2.solver import LRMultiplier, WarmupParamScheduler  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler  # noqa: E402
 
+from backbones.lr_decay import lr_scales  # noqa: E402
+from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState  # noqa: E402
+
 from .checkpoint import VideoCheckpointer  # noqa: E402
+from .config import check_solver  # noqa: E402
 from .data import (build_test_dataset, build_test_loader, build_train_dataset,  # noqa: E402
                    build_train_loader, per_process_batch, read_split)
 from .model import MultiViewClassifier, build_model  # noqa: E402
@@ -59,17 +67,22 @@ def resolve_device(cfg) -> torch.device:
 
 # ---------------------------------------------------------------------- optimization
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW (or SGD) with no weight decay on biases and 1-D (norm) parameters."""
+    """AdamW (or SGD) with no weight decay on biases, 1-D (norm) parameters and position
+    embeddings, and the backbone's layer-wise LR decay (``SOLVER.LAYER_DECAY``): one
+    parameter group per (LR scale, weight decay)."""
     s = cfg.SOLVER
     lr = base_lr(cfg)
-    decay, no_decay = [], []
+    scales = lr_scales(model, s.LAYER_DECAY)
+    by_hyper: Dict[tuple, List[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if s.ZERO_WD_1D_PARAM and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": s.WEIGHT_DECAY},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+        no_decay = ((s.ZERO_WD_1D_PARAM and (p.ndim <= 1 or name.endswith(".bias")))
+                    or (s.ZERO_WD_POS_EMBED and "pos_embed" in name))
+        key = (scales.get(name, 1.0), 0.0 if no_decay else s.WEIGHT_DECAY)
+        by_hyper.setdefault(key, []).append(p)
+    groups = [{"params": params, "lr": lr * scale, "weight_decay": wd}
+              for (scale, wd), params in by_hyper.items()]
     method = s.OPTIMIZING_METHOD.lower()
     if method == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(s.BETAS))
@@ -101,10 +114,47 @@ def build_lr_scheduler(cfg, optimizer, max_iter: int, warmup_iter: int) -> LRMul
 
 
 # -------------------------------------------------------------------------- training
-class Trainer(SimpleTrainer):
+class ClipTrainer(AccumulatorState, SimpleTrainer):
+    """Detectron2's ``SimpleTrainer`` with the official video step: MixUp/CutMix and label
+    smoothing on the batch of clips, soft cross-entropy, gradient clipping, one optimizer
+    step. The batch is cut into ``accum_iter`` micro-batches whose gradients are summed
+    (after mixing the whole batch, so the step equals the one without accumulation), and
+    forward can run under autocast (``amp_dtype``): ``backbones.training.Accumulator``."""
+
+    def __init__(self, model, data_loader, optimizer, mix: BatchMix, accum_iter: int = 1,
+                 amp_dtype: Optional[torch.dtype] = None, device: torch.device = torch.device("cpu"),
+                 clip_grad: float = 0.0):
+        super().__init__(model, data_loader, optimizer)
+        self.mix, self.device, self.clip_grad = mix, device, clip_grad
+        self.accumulator = Accumulator(model, optimizer, accum_iter, amp_dtype, device.type)
+
+    def run_step(self):
+        assert self.model.training, "the model was switched to eval mode"
+        start = time.perf_counter()
+        batch = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        videos = batch["video"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        videos, targets = self.mix(videos, labels)  # the whole batch, as without accumulation
+
+        def loss(part: range) -> Dict[str, torch.Tensor]:
+            logits = self.model(videos[part.start:part.stop])
+            return {"loss_cls": soft_cross_entropy(logits, targets[part.start:part.stop])}
+
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.accumulator.backward(self.accumulator.split(range(len(videos))), loss)
+        if self.clip_grad > 0:
+            self.accumulator.unscale_()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self._write_metrics(losses, data_time)
+        self.accumulator.step()
+
+
+class Trainer(ClipTrainer):
     """Everything ``tools/train_video.py`` trains with, built from the config."""
 
     def __init__(self, cfg):
+        check_solver(cfg, comm.get_local_size())
         self.cfg = cfg
         self.device = resolve_device(cfg)
         model = build_model(cfg, allow_new_head=True).to(self.device)
@@ -124,19 +174,22 @@ class Trainer(SimpleTrainer):
             ids = [self.device.index] if self.device.type == "cuda" else None
             ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
                                           find_unused_parameters=False)
-        super().__init__(ddp, loader, optimizer)
+        amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
+        super().__init__(ddp, loader, optimizer, BatchMix.from_config(cfg), cfg.SOLVER.ACCUM_ITER,
+                         amp_dtype, self.device, cfg.SOLVER.CLIP_GRAD_L2NORM)
         self.net = model  # unwrapped
-        self.mix = BatchMix.from_config(cfg)
         self.scheduler = build_lr_scheduler(cfg, optimizer, self.max_iter, warmup)
         self.checkpointer = VideoCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                               trainer=weakref.proxy(self))
         self.start_iter = 0
         self.register_hooks(self.build_hooks())
+        accum = f" in {cfg.SOLVER.ACCUM_ITER} micro-batches" if cfg.SOLVER.ACCUM_ITER > 1 else ""
+        amp = f", {cfg.SOLVER.AMP.DTYPE} autocast" if cfg.SOLVER.AMP.ENABLED else ""
         logger.info(f"Training on {len(self.videos.videos)} videos ({self.videos.source}): "
-                    f"{clips} clips per process x {comm.get_world_size()} processes, "
+                    f"{clips} clips per process{accum} x {comm.get_world_size()} processes, "
                     f"{self.iters_per_epoch} iterations per epoch, {self.max_iter} iterations "
                     f"({self.max_iter / self.iters_per_epoch:.1f} epochs), base LR {base_lr(cfg):g}, "
-                    f"{warmup} warmup iterations, device {self.device}")
+                    f"{warmup} warmup iterations, device {self.device}{amp}")
 
     def build_hooks(self) -> List[hooks.HookBase]:
         cfg, ipe = self.cfg, self.iters_per_epoch
@@ -173,22 +226,6 @@ class Trainer(SimpleTrainer):
     def train(self):
         super().train(self.start_iter, self.max_iter)
         return getattr(self, "_last_eval_results", None)
-
-    def run_step(self):
-        assert self.model.training, "the model was switched to eval mode"
-        start = time.perf_counter()
-        batch = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        videos = batch["video"].to(self.device, non_blocking=True)
-        labels = batch["label"].to(self.device, non_blocking=True)
-        videos, targets = self.mix(videos, labels)
-        loss = soft_cross_entropy(self.model(videos), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.SOLVER.CLIP_GRAD_L2NORM > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD_L2NORM)
-        self._write_metrics({"loss_cls": loss}, data_time)
-        self.optimizer.step()
 
 
 # ------------------------------------------------------------------------ evaluation

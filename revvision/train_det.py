@@ -65,15 +65,14 @@ def setup(args):
     cfg = load_config(args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.SOLVER.AMP.ENABLED = False  # Detectron2's AMPTrainer is CUDA-only
     cfg.freeze()
     default_setup(cfg, args)
     if not cfg.MODEL.DEVICE.startswith("cuda"):
         local = max(comm.get_local_size(), 1)
         if local > 1:  # share the cores between the processes on this machine
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        logger.info("Running on the CPU (fp32) with %d thread(s) per process",
+        logger.info("Running on the CPU (%s) with %d thread(s) per process",
+                    cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "float32",
                     torch.get_num_threads())
     shapes.register_shapes_from_config(cfg)
     return cfg
@@ -116,7 +115,10 @@ def main(args):
 
 
 def check_inputs(cfg, args) -> None:
-    """Fail before any worker starts if the data or the weights are missing."""
+    """Fail before any worker starts if the solver settings, the data or the weights are
+    unusable."""
+    if not args.eval_only:
+        revdet.config.check_solver(cfg, args.num_gpus * args.num_machines)
     shapes.register_shapes_from_config(cfg)
     shapes.generate_used(cfg)  # the synthetic data, once here rather than in every worker
     used = list(cfg.DATASETS.TEST) if args.eval_only else \

@@ -126,7 +126,10 @@ def last_checkpoint(cfg):
 
 
 def check_inputs(cfg, args) -> None:
-    """Fail before any worker starts if a video list or the weights are unusable."""
+    """Fail before any worker starts if the solver settings, a video list or the weights
+    are unusable."""
+    if not args.eval_only:
+        revvideo.config.check_solver(cfg, args.num_gpus)
     dataset_dir(cfg)  # generates the synthetic data, once here rather than in every worker
     if not args.eval_only:
         read_split(cfg, cfg.DATA.TRAIN_SPLIT)

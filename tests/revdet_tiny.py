@@ -57,6 +57,31 @@ def tiny_cfg(backbone: str = "build_rev_mvit_fpn_backbone", *opts):
     return cfg
 
 
+# Every anchor and every proposal is used (no random subsampling) and there is no mask head,
+# so the loss of a batch is exactly the mean of its images' losses.
+DETERMINISTIC_LOSS = ["MODEL.MASK_ON", False, "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 4096,
+                      "MODEL.RPN.POST_NMS_TOPK_TRAIN", 20, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 512]
+
+
+def tiny_batch(num_images: int, seed: int = 0, size: int = 64, boxes: int = 3):
+    """Detectron2 training inputs: random images with ``boxes`` random boxes of the tiny
+    configs' 3 classes each."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        inst = Instances((size, size))
+        xy = torch.rand(boxes, 2, generator=g) * size * 0.6
+        wh = size * 0.12 + torch.rand(boxes, 2, generator=g) * size * 0.25
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+        inst.gt_classes = torch.randint(0, 3, (boxes,), generator=g)
+        batch.append({"image": torch.rand(3, size, size, generator=g) * 255, "instances": inst,
+                      "height": size, "width": size})
+    return batch
+
+
 def tiny_shapes_opts(root, num_train: int = 8, num_val: int = 4, size: int = 64):
     """KEY VALUE pairs for a tiny shapes dataset in ``root``, trained at its native size."""
     return ["DATASETS.SHAPES.ROOT", str(root), "DATASETS.SHAPES.NUM_TRAIN", num_train,

@@ -130,7 +130,9 @@ def test_configs_merge_and_describe_the_paper_models(name):
     cfg.merge_from_file(str(CONFIGS / name))
     if name.startswith("coco"):
         assert cfg.DATASETS.TRAIN == ("coco_2017_train",) and cfg.SOLVER.OPTIMIZER == "ADAMW"
-        assert cfg.SOLVER.BASE_LR == 1.6e-4 and cfg.SOLVER.MAX_ITER == 67500
+        vitdet = name == "coco_revvit_b.yaml"  # ViTDet's lr and layer decay
+        assert cfg.SOLVER.BASE_LR == (1e-4 if vitdet else 1.6e-4) and cfg.SOLVER.MAX_ITER == 67500
+        assert cfg.SOLVER.LAYER_DECAY == (0.7 if vitdet else 1.0)
         assert cfg.INPUT.RANDOM_RESIZE_CROP.ENABLED and cfg.MODEL.REVDET.INPUT_SIZE == 224
     if name == "coco_revmvit.yaml":
         assert cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs

@@ -117,6 +117,30 @@ def test_missing_coco_gets_a_message_with_the_path(tmp_path):
 
 
 @pytest.mark.slow
+def test_accumulation_bf16_and_layer_decay(coco_root, tmp_path):
+    """ACCUM_ITER 2 with bf16 autocast on the CPU: iterations, metrics and checkpoints count
+    optimizer steps."""
+    cfg = _tiny_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "out"
+    _run(["--config", cfg, "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 4,
+          "SOLVER.ACCUM_ITER", 2, "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "bfloat16",
+          "SOLVER.LAYER_DECAY", 0.8, "SOLVER.CHECKPOINT_PERIOD", 1000, "DATASETS.TEST", [],
+          "TEST.VIS_IMAGES", 0, "OUTPUT_DIR", out], coco_root)
+    ran = (out / "config.yaml").read_text()
+    assert "ACCUM_ITER: 2" in ran and "DTYPE: bfloat16" in ran and "LAYER_DECAY: 0.8" in ran
+    assert [m["iteration"] for m in _metrics(out) if "total_loss" in m] == [1]  # the last of 2
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
+
+
+def test_fp16_on_the_cpu_is_refused_before_training(coco_root, tmp_path):
+    cfg = _tiny_config(tmp_path / "tiny.yaml")
+    with pytest.raises(AssertionError, match="SOLVER.AMP.DTYPE float16 needs a CUDA device"):
+        _run(["--config", cfg, "SOLVER.AMP.ENABLED", True, "OUTPUT_DIR", tmp_path / "out"],
+             coco_root)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(coco_root, tmp_path):
     """Same 4 images per iteration (2 per process), deterministic sampling: the weights
     after 3 SGD steps agree. (Masks off: Mask R-CNN averages its mask loss per process

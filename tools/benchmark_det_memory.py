@@ -20,6 +20,16 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
     python tools/benchmark_det_memory.py                      # 640x640, batch 1, 3 steps
     python tools/benchmark_det_memory.py --size 800 --batch 2 --steps 2
     python tools/benchmark_det_memory.py --variants rev_mvit_b mvit_b --device cuda
+    python tools/benchmark_det_memory.py --accum 4 --batch 4 --size 512 --steps 1
+
+``--accum N`` compares instead a batch of ``--batch`` images reached directly
+(``SOLVER.ACCUM_ITER`` 1) with the same batch reached by accumulating N micro-batches
+(``revdet.engine.AccumTrainer``'s ``backbones.training.Accumulator``), for Rev-MViT-B and
+MViT-B (``--variants`` to change): the first step's resident peak above the RSS before it,
+gradients included, in fresh processes with the default allocator and with mmap malloc,
+and its exact live-tensor peak (``backbones.memory.LiveTensorPeak``, in another step);
+step time per image from ``--steps`` rounds that each time one step at N=1 and one at N
+back to back in the accumulating process (overhead: median of the per-round ratios).
 
 Prints a markdown table; ``--json FILE`` also writes the numbers.
 """
@@ -202,6 +212,87 @@ def worker(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def accum_worker(args) -> dict:
+    """The accumulation comparison in this (fresh) process: one step of ``args.batch``
+    images in ``args.accum`` micro-batches (zero_grad, then forward + backward of each)."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    from backbones.memory import LiveTensorPeak
+    from backbones.training import Accumulator
+
+    torch.manual_seed(0)
+    model = _build(args.variant, args.device)
+    batch = _batch(args.size, args.batch, args.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
+
+    def step(n: int):
+        acc = Accumulator(model, optimizer, n)
+        model.zero_grad(set_to_none=True)
+        with EventStorage(0):
+            acc.backward(acc.split(batch), model)
+
+    base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    step(args.accum)  # the first step: see worker()
+    peak = _hwm_mb() - base
+    if args.peak_only:
+        return {"variant": args.variant, "peak_mb": peak}
+    with LiveTensorPeak() as live:
+        step(args.accum)
+    times = {1: [], args.accum: []}
+    for _ in range(args.steps):
+        for n in times:
+            t = time.perf_counter()
+            step(n)
+            times[n].append((time.perf_counter() - t) / args.batch)
+    row = {"variant": args.variant, "accum": args.accum, "size": args.size, "batch": args.batch,
+           "peak_mb": peak, "live_mb": live.peak_bytes / 2**20}
+    if args.accum > 1 and args.steps:
+        row["image_s_direct"] = statistics.median(times[1])
+        row["image_s_accum"] = statistics.median(times[args.accum])
+        row["accum_overhead"] = statistics.median(
+            a / b for a, b in zip(times[args.accum], times[1])) - 1
+    return row
+
+
+def accum_table(rows) -> str:
+    twin = {r["accum"]: r for r in rows if VARIANTS[r["variant"]][2] is None}
+    r0 = rows[0]
+    out = [f"| backbone (Mask R-CNN, {r0['size']}x{r0['size']}, batch {r0['batch']}) | ACCUM_ITER | "
+           "images per micro-batch | peak MB | vs twin | peak MB (mmap malloc) | vs twin | "
+           "live tensors MB | vs twin | s per image (direct / accumulating) | accumulation overhead |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = twin[r["accum"]]
+        time_cols = (f"{r['image_s_direct']:.2f} / {r['image_s_accum']:.2f} | "
+                     f"{r['accum_overhead'] * 100:+.1f}%" if "accum_overhead" in r else " | ")
+        out.append(f"| {LABELS[r['variant']]} | {r['accum']} | {r['batch'] // r['accum']} | "
+                   f"{r['peak_mb']:.0f} | {r['peak_mb'] / t['peak_mb']:.2f}x | "
+                   f"{r['peak_mmap_mb']:.0f} | {r['peak_mmap_mb'] / t['peak_mmap_mb']:.2f}x | "
+                   f"{r['live_mb']:.0f} | {r['live_mb'] / t['live_mb']:.2f}x | {time_cols} |")
+    return "\n".join(out)
+
+
+def accum_targets(rows, accum: int):
+    out = []
+    by = {(r["variant"], r["accum"]): r for r in rows}
+    for r in rows:
+        twin = VARIANTS[r["variant"]][2]
+        if r["accum"] == accum and twin and (twin, accum) in by:
+            for key, what in (("peak_mb", "resident peak"), ("peak_mmap_mb", "mmap malloc"),
+                              ("live_mb", "live tensors")):
+                ratio = r[key] / by[(twin, accum)][key]
+                out.append(f"{LABELS[r['variant']]} / twin, accumulating ({what}): {ratio:.2f}x "
+                           f"(target <= 0.55x: {'met' if ratio <= 0.55 else 'not met'})")
+        if "accum_overhead" in r:
+            o = r["accum_overhead"]
+            out.append(f"{LABELS[r['variant']]}: accumulation adds {o * 100:+.1f}% step time per "
+                       f"image (target <= 5%: {'met' if o <= 0.05 else 'not met'})")
+    return out
+
+
 # ---------------------------------------------------------------------- driver side
 def table(rows) -> str:
     by = {r["variant"]: r for r in rows}
@@ -236,20 +327,41 @@ def main(argv=None):
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--worker", dest="variant", help=argparse.SUPPRESS)
     p.add_argument("--peak-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--accum", type=int, default=0,
+                   help="compare N=1 with N micro-batches of --batch images (see above)")
     args = p.parse_args(argv)
     if args.variant:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        print("RESULT " + json.dumps(accum_worker(args) if args.accum else worker(args)), flush=True)
         return
+    if args.accum and args.batch % args.accum:
+        p.error(f"--accum {args.accum} does not divide --batch {args.batch}")
     from backbones.memory import MMAP_MALLOC_ENV
 
-    def run(v, *extra, env=None):
+    def run(v, *extra, env=None, accum=0):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", v, "--size", str(args.size),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device, *extra]
+               "--batch", str(args.batch), "--steps", str(0 if accum == 1 else args.steps),
+               "--device", args.device, "--accum", str(accum), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
         return json.loads(lines[-1][7:])
+
+    if args.accum:
+        variants = args.variants if args.variants != list(VARIANTS) else ["rev_mvit_b", "mvit_b"]
+        rows = []
+        for v in variants:
+            for n in (1, args.accum):
+                print(f"measuring {LABELS[v]}, {n} micro-batch(es) ...", file=sys.stderr, flush=True)
+                rows.append(run(v, accum=n))
+                rows[-1]["peak_mmap_mb"] = (run(v, "--peak-only", env=MMAP_MALLOC_ENV, accum=n)["peak_mb"]
+                                            if args.device == "cpu" else None)
+        print(accum_table(rows))
+        print("\n".join(accum_targets(rows, args.accum)))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
 
     rows = []
     for v in args.variants:

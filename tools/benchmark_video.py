@@ -3,6 +3,7 @@
 
     python tools/benchmark_video.py loading              # clips/s and ratios to the decoder floor
     python tools/benchmark_video.py memory               # one training step at batch 1, 16x224x224
+    python tools/benchmark_video.py accum --batch-size 4 --accum 4 --frames 8
     python tools/benchmark_video.py all --out output/benchmark_video
 
 ``loading`` times, in one process with ``torch.set_num_threads(1)``, random 16x4 clips of
@@ -28,6 +29,18 @@ CPU analogue of ``torch.cuda.max_memory_allocated``), the bytes of tensors saved
 backward during the forward (exact activation memory, each storage counted once), and the
 step time. Absolute numbers are noisy on a small shared machine; the ratios come from the
 same run.
+
+``accum`` compares a batch of ``--batch-size`` clips reached directly (``ACCUM_ITER`` 1)
+with the same batch reached by accumulating ``--accum`` micro-batches
+(``backbones.training.Accumulator``, as ``tools/train_video.py`` does), for Rev-MViT-B 16x4
+(transitions recomputed) and MViT-B 16x4. A step is ``zero_grad(set_to_none=True)``, then
+forward + cross-entropy + backward of every micro-batch (no optimizer update, which costs
+the same either way). Each (model, N) runs in fresh processes: the step's resident peak
+above the RSS before it (gradients included, after a warm-up step and ``malloc_trim``), the
+same with mmap malloc, and the exact live-tensor peak of the step
+(``backbones.memory.LiveTensorPeak``). Step time per clip: in the accumulating process,
+``--steps`` rounds each timing one step at N=1 and one at N=``--accum`` back to back;
+the overhead is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -357,6 +370,101 @@ def run_memory(args) -> List[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- accumulation
+ACCUM_VARIANTS = ("rev_mvit_b_16x4", "mvit_b_16x4")
+
+
+def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: int,
+                     time_steps: int) -> dict:
+    import torch
+
+    import backbones
+    from backbones.memory import LiveTensorPeak, proc_status_mb, reset_peak_rss
+    from backbones.training import Accumulator
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(0)
+    _, name, rev_backprop, recompute = MEMORY_VARIANTS[variant]
+    model = backbones.build(name, rev_backprop=rev_backprop, recompute_transitions=recompute,
+                            input_size=(frames, size, size), head_dropout=0.0).train()
+    x = torch.randn(batch, 3, frames, size, size)
+    y = torch.randint(0, model.cfg.num_classes, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
+
+    def step(n: int):
+        acc = Accumulator(model, optimizer, n)
+        model.zero_grad(set_to_none=True)
+        acc.backward(acc.split(range(batch)), lambda r: {
+            "loss": torch.nn.functional.cross_entropy(model(x[r.start:r.stop]), y[r.start:r.stop])})
+
+    step(accum)  # warm-up
+    model.zero_grad(set_to_none=True)  # the measured step allocates its gradients
+    _release_heap()
+    rss_before = proc_status_mb("VmRSS")
+    reset_peak_rss()
+    step(accum)  # the gradients stay until the peak is read
+    peak = proc_status_mb("VmHWM") - rss_before
+    with LiveTensorPeak() as live:
+        step(accum)
+    times = {1: [], accum: []}
+    for _ in range(time_steps):
+        for n in times:
+            t0 = time.perf_counter()
+            step(n)
+            times[n].append((time.perf_counter() - t0) / batch)
+    return dict(variant=variant, accum=accum, batch=batch, peak_mb=peak * 2**20 / MB,
+                live_mb=live.peak_bytes / MB, grad_mb=sum(p.numel() for p in model.parameters()) * 4 / MB,
+                step_per_clip_s=times)
+
+
+def _accum_worker(variant: str, accum: int, args, time_steps: int = 0, env=None) -> dict:
+    cmd = [sys.executable, __file__, "accum", "--worker", "--variant", variant,
+           "--batch-size", str(args.batch_size), "--accum", str(accum), "--frames", str(args.frames),
+           "--size", str(args.size), "--steps", str(time_steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{variant} (accum {accum}) failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_accum(args) -> List[dict]:
+    from backbones.memory import MMAP_MALLOC_ENV
+
+    rows = []
+    for variant in ACCUM_VARIANTS:
+        for n in (1, args.accum):
+            row = _accum_worker(variant, n, args, args.steps if n == args.accum else 0)
+            row["peak_mmap_mb"] = _accum_worker(variant, n, args, env=MMAP_MALLOC_ENV)["peak_mb"]
+            row["label"] = MEMORY_VARIANTS[variant][0]
+            if n == args.accum and args.steps:
+                t = row.pop("step_per_clip_s")
+                one, acc = t["1"], t[str(n)]
+                row["clip_s_direct"], row["clip_s_accum"] = statistics.median(one), statistics.median(acc)
+                row["accum_overhead"] = statistics.median(a / b for a, b in zip(acc, one)) - 1
+            else:
+                row.pop("step_per_clip_s")
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def accum_targets(rows: List[dict], accum: int) -> List[str]:
+    by = {(r["variant"], r["accum"]): r for r in rows}
+    rev, twin = by[("rev_mvit_b_16x4", accum)], by[("mvit_b_16x4", accum)]
+    out = []
+    for key, what in (("peak_mb", "resident peak"), ("peak_mmap_mb", "resident peak, mmap malloc"),
+                      ("live_mb", "live tensors")):
+        ratio = rev[key] / twin[key]
+        out.append(f"Rev-MViT-B / MViT-B accumulating ({what}): {ratio:.2f}x "
+                   f"(target <= 0.55x: {'met' if ratio <= 0.55 else 'not met'})")
+    for r in (rev, twin):
+        if "accum_overhead" in r:
+            o = r["accum_overhead"]
+            out.append(f"{r['label']}: accumulation adds {o * 100:+.1f}% step time per clip "
+                       f"(target <= 5%: {'met' if o <= 0.05 else 'not met'})")
+    return out
+
+
 # --------------------------------------------------------------------------------- tables
 def loading_table(rows: List[dict]) -> str:
     out = ["| videos | pipeline | workers | throughput | ratio (median of rounds) | to | range |",
@@ -394,9 +502,25 @@ def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
     return "\n".join(out)
 
 
+def accum_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
+    twin = {r["accum"]: r for r in rows if r["variant"] == "mvit_b_16x4"}
+    out = [f"| model (batch {batch}, {frames}x{size}x{size}) | ACCUM_ITER | clips per micro-batch | "
+           "peak MB | vs twin | peak MB (mmap malloc) | vs twin | live tensors MB | vs twin | "
+           "s per clip | accumulation overhead |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = twin[r["accum"]]
+        time = (f"{r['clip_s_direct']:.2f} / {r['clip_s_accum']:.2f} | {r['accum_overhead'] * 100:+.1f}%"
+                if "accum_overhead" in r else "| ")
+        out.append(f"| {r['label']} | {r['accum']} | {batch // r['accum']} | {r['peak_mb']:.0f} | "
+                   f"{r['peak_mb'] / t['peak_mb']:.2f}x | {r['peak_mmap_mb']:.0f} | "
+                   f"{r['peak_mmap_mb'] / t['peak_mmap_mb']:.2f}x | {r['live_mb']:.0f} | "
+                   f"{r['live_mb'] / t['live_mb']:.2f}x | {time} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["loading", "memory", "all"])
+    p.add_argument("what", choices=["loading", "memory", "accum", "all"])
     p.add_argument("--videos", type=int, default=2, help="loading: videos per size and frame rate")
     p.add_argument("--sizes", nargs="+", default=list(LOADING_SIZES), choices=list(LOADING_SIZES))
     p.add_argument("--clips", type=int, default=24, help="loading: clips per pipeline and round")
@@ -406,11 +530,17 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=1, help="fresh processes per model (median)")
+    p.add_argument("--accum", type=int, default=4, help="accum: micro-batches per step")
+    p.add_argument("--steps", type=int, default=2, help="accum: timing rounds (N=1 and N=accum)")
     p.add_argument("--out", type=Path, default=Path("output/benchmark_video"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(MEMORY_VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.worker and args.what == "accum":
+        print(json.dumps(run_accum_worker(args.variant, args.batch_size, args.accum, args.frames,
+                                          args.size, args.steps)))
+        return 0
     if args.worker:
         print(json.dumps(run_memory_worker(args.variant, args.batch_size, args.frames, args.size)))
         return 0
@@ -435,6 +565,13 @@ def main(argv=None) -> int:
             ratio = rev[key + "_ratio"]
             print(f"Rev-MViT-B / MViT-B peak memory ({what}): {ratio:.2f}x "
                   f"(target <= 0.5x: {'met' if ratio <= 0.5 else 'not met'})")
+    if args.what == "accum":
+        results["accum"] = run_accum(args)
+        print(f"\nOne training step of {args.batch_size} clips, directly and in {args.accum} "
+              "micro-batches (gradients included):\n"
+              + accum_table(results["accum"], args.batch_size, args.frames, args.size))
+        for line in accum_targets(results["accum"], args.accum):
+            print(line)
     with open(args.out / "results.json", "w") as f:
         json.dump(results, f, indent=1)
     return 0
