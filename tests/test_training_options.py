@@ -56,7 +56,9 @@ def test_accumulation_is_checked_per_process():
 def test_errors_come_before_the_data(tmp_path, monkeypatch):
     """A missing dataset would fail too; the config error is the one reported."""
     from revdet.engine import Trainer
-    from test_revvideo_train import load_tool
+    import importlib
+
+    tool = importlib.import_module("revvision.train_video")
 
     monkeypatch.chdir(tmp_path)  # no ./datasets/coco here
     cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "DATASETS.TRAIN", ["coco_2017_train"],
@@ -64,7 +66,7 @@ def test_errors_come_before_the_data(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="SOLVER.ACCUM_ITER 3"):
         Trainer(cfg)
     with pytest.raises(UserError, match="SOLVER.LAYER_DECAY"):
-        run(load_tool(), *opts(tmp_path / "no_such_dir", tmp_path / "out", **{"SOLVER.LAYER_DECAY": 2.0}))
+        run(tool, *opts(tmp_path / "no_such_dir", tmp_path / "out", **{"SOLVER.LAYER_DECAY": 2.0}))
 
 
 # ------------------------------------------------------------------ bf16 on the CPU
