@@ -46,6 +46,19 @@ def describe(error: Exception) -> str:
     return str(message).strip() or type(error).__name__
 
 
+def train_parser(doc: str):
+    """Detectron2's training argument parser, plus ``--config`` and ``--debug``."""
+    import argparse
+
+    from detectron2.engine import default_argument_parser
+
+    parser = default_argument_parser(epilog=doc)
+    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
+                        metavar="FILE", help="config file or name (same as --config-file)")
+    add_debug_argument(parser)
+    return parser
+
+
 def add_debug_argument(parser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of errors (also: REVVISION_DEBUG=1)")

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import revdet  # noqa: E402  (registers the backbones, datasets and patches)
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from revdet import shapes  # noqa: E402
@@ -49,11 +49,7 @@ logger = logging.getLogger("revdet.train_det")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        metavar="FILE", help="config file or name (same as --config-file)")
-    command_line.add_debug_argument(parser)
-    return parser
+    return command_line.train_parser(__doc__)
 
 
 def load_config(args):

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import revvideo  # noqa: E402  (first: pytorchvideo's torchvision import fix)
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from revvideo.engine import Trainer, evaluate, resolve_device  # noqa: E402
@@ -59,11 +59,7 @@ logger = logging.getLogger("revvideo.train_video")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        metavar="FILE", help="config file or name (same as --config-file)")
-    command_line.add_debug_argument(parser)
-    return parser
+    return command_line.train_parser(__doc__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
