@@ -117,10 +117,11 @@ _C.DATA.RANDOM_FLIP = True
 # counted). Longer videos shorter than a clip are used as the official loader does.
 _C.DATA.MIN_FRAMES = 4
 # PyAV decoder threads per video: 1 decodes in the loader's own thread, n > 1 turns on
-# FFmpeg's frame threading with n threads, 0 lets FFmpeg use one per core. 2 measured
-# 1.35-1.7x faster than 1 with 2 loader workers on a 2-core machine
-# (tools/benchmark_video.py loading); the pixels do not change.
-_C.DATA.DECODING_THREADS = 2
+# FFmpeg's frame threading with n threads, 0 lets FFmpeg use one per core. With as many
+# loader workers as cores, 1 is best: on a quiet 2-core machine 2 threads gave 0.78x
+# (340x256) and 0.95x (1280x720) the clips/s of 1 with 2 workers (tools/benchmark_video.py
+# loading); with 0 workers 2 threads help large videos (1.26x at 720p). Pixels do not change.
+_C.DATA.DECODING_THREADS = 1
 
 # The synthetic dataset: shapes (circle, square, triangle) moving up or down; the class is
 # the shape and its direction. ROOT "" = $REVVISION_CACHE/video_shapes if that variable is

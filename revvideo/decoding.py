@@ -21,9 +21,9 @@ exists.
 
 ``DATA.DECODING_THREADS`` sets PyAV's decoder threads: 1 decodes in the loader's own
 thread; n > 1 (or 0: one per core) turns on FFmpeg's frame and slice threading
-(``thread_type = "AUTO"``), which gives the same frames. The default, 2, is
-``tools/benchmark_video.py loading``'s measurement: with 2 loader workers on a shared
-2-core machine, 1.35-1.7x the clips/s of 1 thread.
+(``thread_type = "AUTO"``), which gives the same frames. The default, 1, is
+``tools/benchmark_video.py loading``'s measurement: with as many loader workers as
+cores, extra decoder threads only compete with the workers.
 """
 
 from __future__ import annotations
