@@ -342,13 +342,19 @@ REPEATED_KEYS = ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s")  # medi
 MEMORY_KEYS = REPEATED_KEYS + ("peak_mmap_mb",)
 
 
-def _memory_worker(variant: str, args, env=None) -> dict:
-    cmd = [sys.executable, __file__, "memory", "--worker", "--variant", variant,
-           "--batch-size", str(args.batch_size), "--frames", str(args.frames), "--size", str(args.size)]
+def _fresh_worker(what: str, variant: str, args, *flags: str, env=None) -> dict:
+    """This script's ``what`` benchmark for ``variant`` in a fresh process; its JSON line."""
+    cmd = [sys.executable, __file__, what, "--worker", "--variant", variant,
+           "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+           "--size", str(args.size), *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
-        raise RuntimeError(f"{variant} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{variant} {' '.join(flags)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_worker(variant: str, args, env=None) -> dict:
+    return _fresh_worker("memory", variant, args, env=env)
 
 
 def run_memory(args) -> List[dict]:
@@ -418,13 +424,8 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
 
 
 def _accum_worker(variant: str, accum: int, args, time_steps: int = 0, env=None) -> dict:
-    cmd = [sys.executable, __file__, "accum", "--worker", "--variant", variant,
-           "--batch-size", str(args.batch_size), "--accum", str(accum), "--frames", str(args.frames),
-           "--size", str(args.size), "--steps", str(time_steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant} (accum {accum}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _fresh_worker("accum", variant, args, "--accum", str(accum), "--steps", str(time_steps),
+                         env=env)
 
 
 def run_accum(args) -> List[dict]:
