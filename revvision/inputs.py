@@ -34,6 +34,22 @@ def split_config_overrides(items: Sequence[str]) -> Tuple[List[str], List[str]]:
     return list(items), []
 
 
+def demo_parser(doc: str, config_help: str):
+    """The demos' argument parser: ``doc``'s first paragraph as description, the rest as
+    epilog, the required ``--config`` (file or name) and ``--debug``."""
+    import argparse
+
+    from .cli import add_debug_argument
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     epilog=doc.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
+                        required=True, help=config_help)
+    add_debug_argument(parser)
+    return parser
+
+
 def _has_extension(path: str, extensions: Sequence[str]) -> bool:
     return path.lower().endswith(tuple(extensions))
 

@@ -42,16 +42,12 @@ from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
 from revvision.cli import check_weights, run  # noqa: E402
 from revvision.config_files import merge_config, resolve_config  # noqa: E402
-from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs,  # noqa: E402
-                              open_video, output_file, split_config_overrides)
+from revvision.inputs import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, demo_parser,  # noqa: E402
+                              expand_inputs, open_video, output_file, split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
-                        required=True, help="revdet config file or name, e.g. demo_shapes_revmvit")
+    parser = demo_parser(__doc__, "revdet config file or name, e.g. demo_shapes_revmvit")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="images: files, folders or glob patterns")
     parser.add_argument("--video-input", metavar="FILE", help="a video file (read with PyAV)")
@@ -59,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for the drawn results, or a file for a single input")
     parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE",
                         help="minimum score of the drawn detections (default 0.5)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. MODEL.WEIGHTS model_final.pth")
     return parser

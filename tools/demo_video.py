@@ -39,16 +39,12 @@ from revvideo.model import build_model  # noqa: E402
 from revvideo.multiview import TestViews  # noqa: E402
 from revvision.cli import check_weights, run  # noqa: E402
 from revvision.config_files import merge_config, resolve_config  # noqa: E402
-from revvision.inputs import (VIDEO_EXTENSIONS, expand_inputs, open_video,  # noqa: E402
+from revvision.inputs import (VIDEO_EXTENSIONS, demo_parser, expand_inputs, open_video,  # noqa: E402
                               output_file, refuse_overwrite, split_config_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
-                        required=True, help="video config file or name, e.g. kinetics_revmvit_b_16x4")
+    parser = demo_parser(__doc__, "video config file or name, e.g. kinetics_revmvit_b_16x4")
     parser.add_argument("--weights", metavar="FILE|URL", help="checkpoint (sets MODEL.WEIGHTS)")
     parser.add_argument("--labels", metavar="FILE", help="class names, one per line")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown (5)")
@@ -57,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="DIR", default="output/demo_video",
                         help="folder of the timeline plots (default output/demo_video)")
     parser.add_argument("--json", metavar="FILE", help="write the predictions as JSON")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     parser.add_argument("inputs", nargs="+", metavar="VIDEO",
                         help="video files, folders or glob patterns, then KEY VALUE config "
                              "overrides")
