@@ -6,7 +6,8 @@ label smoothing, soft cross-entropy, AdamW. Around it, Detectron2's hooks: itera
 LR schedule (linear warmup, then cosine), periodic atomic checkpoints, periodic evaluation,
 and the writers (console with ETA, ``metrics.json``, TensorBoard). Several processes run
 under ``detectron2.engine.launch`` with PyTorch ``DistributedDataParallel``
-(``find_unused_parameters=False``, which reversible backprop requires).
+(``find_unused_parameters=False``: every parameter is used; reversible backprop works with
+either setting).
 
 Schedule and periods are in epochs (``SOLVER.MAX_EPOCH``, ``TRAIN.CHECKPOINT_PERIOD``,
 ``TRAIN.EVAL_PERIOD``) and run as iterations: one epoch is
