@@ -14,15 +14,15 @@
   mismatch reported as one error naming the file;
 * takes ``http(s)://`` URLs, downloaded once into revvision's cache
   (``backbones.checkpoint.download``);
-* writes checkpoints atomically (temporary file, then rename), so an interrupted run
-  resumes with ``--resume`` from the last complete file.
+* writes checkpoints atomically through ``path_manager``, as every revvision checkpointer
+  does (``revvision.checkpointer.SafeCheckpointer``), so an interrupted run resumes with
+  ``--resume`` from the last complete file.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
-from backbones.checkpoint import CheckpointError, atomic_write, download, is_url, read_state_dict
+from backbones.checkpoint import CheckpointError, download, is_url, load_file, read_state_dict
 from backbones.layers import resize_pos_embed
 from detectron2.checkpoint import DetectionCheckpointer
-
-from .compat import safe_torch_load
+from revvision.checkpointer import SafeCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +137,12 @@ def load_pkl(path: str) -> Any:
                               "containers are unpickled)") from None
 
 
-class RevDetCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving."""
+class RevDetCheckpointer(DetectionCheckpointer, SafeCheckpointer):
+    """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving.
+
+    Detectron2's handling of formats and URLs comes first in the method order, then
+    ``SafeCheckpointer``'s atomic ``save`` and its check for missing files; every
+    ``.pth``/``.pyth`` is read by the same ``backbones.checkpoint.load_file``."""
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         return super().load(download(path) if is_url(path) else path, *args, **kwargs)
@@ -166,7 +169,7 @@ class RevDetCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        data = safe_torch_load(f)
+        data = load_file(f)
         if is_backbone_state(_model_state(data)):
             state, ckpt_cfg = read_state_dict(f)
             converted = backbone_to_detection(state, ckpt_cfg, self.model, f)
@@ -176,21 +179,3 @@ class RevDetCheckpointer(DetectionCheckpointer):
         if not isinstance(data, dict):
             raise CheckpointError(f"checkpoint {f} holds a {type(data).__name__}, not a dict")
         return data if "model" in data else {"model": data}
-
-    # ------------------------------------------------------------------ saving
-    def save(self, name: str, **kwargs: Any) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {path}")
-        atomic_write(path, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
