@@ -100,6 +100,7 @@ def test_save_and_resume_through_a_non_local_output_dir(cls, store, memtest, tmp
     model(torch.randn(2, 3)).sum().backward()
     opt.step()
     ck = cls(model, output_dir, optimizer=opt)
+    assert last_checkpoint(output_dir) is None
     ck.save("model_0000004", iteration=4)
     ck.save("model_0000004", iteration=4)  # replacing a file is a remove and a move there
     assert sorted(os.listdir(behind)) == ["last_checkpoint", "model_0000004.pth"]
