@@ -13,9 +13,9 @@ hooks build on) with three properties of its own, rather than process-wide patch
 
 It lives in ``revvision``, the package both tools' command lines already share, because
 its two users may not import each other (``revvideo`` must not depend on ``revdet``'s
-detection code) and ``backbones`` imports torch only. It needs fvcore and iopath, which
-``revdet`` and ``revvideo`` need anyway; ``revvision/__init__`` imports nothing, so
-importing this module from either adapter makes no cycle.
+detection code) and ``backbones`` imports torch only. It needs fvcore and Detectron2's
+``PathManager``, which ``revdet`` and ``revvideo`` need anyway; ``revvision/__init__``
+imports nothing, so importing this module from either adapter makes no cycle.
 """
 
 from __future__ import annotations
