@@ -9,21 +9,17 @@ Importing it is all a Detectron2 user needs:
     model = detectron2.modeling.build_model(cfg)
 
 On import it registers four backbones in ``BACKBONE_REGISTRY`` (``revdet.backbone``), the
-synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``), and applies the
-small Detectron2 compatibility patches (``revdet.compat``).
+synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``). It patches
+nothing: safe checkpoint loading is a property of ``RevDetCheckpointer``.
 """
 
-from . import compat
-
-compat.apply()
-
-from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,  # noqa: E402
+from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,
                        build_mvit_fpn_backbone, build_rev_mvit_fpn_backbone,
                        build_rev_vit_simple_fpn_backbone, build_vit_simple_fpn_backbone)
-from .checkpoint import RevDetCheckpointer  # noqa: E402
-from .config import add_revdet_config  # noqa: E402
-from .data import DatasetError, RevDetDatasetMapper, check_datasets  # noqa: E402
-from .shapes import ShapesSpec, register_shapes, register_shapes_from_config  # noqa: E402
+from .checkpoint import RevDetCheckpointer
+from .config import add_revdet_config
+from .data import DatasetError, RevDetDatasetMapper, check_datasets
+from .shapes import ShapesSpec, register_shapes, register_shapes_from_config
 
 
 def _register_default_shapes() -> None:

@@ -14,15 +14,14 @@
   mismatch reported as one error naming the file;
 * takes ``http(s)://`` URLs, downloaded once into revvision's cache
   (``backbones.checkpoint.download``);
-* writes checkpoints atomically (temporary file, then rename), so an interrupted run
-  resumes with ``--resume`` from the last complete file.
+* writes checkpoints atomically through ``path_manager``, as every revvision checkpointer
+  does (``revvision.checkpointer.SafeCheckpointer``), so an interrupted run resumes with
+  ``--resume`` from the last complete file.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import pickle
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -30,11 +29,10 @@ import torch
 from torch import nn
 
 from backbones import ModelConfig, MViT
-from backbones.checkpoint import CheckpointError, atomic_write, download, is_url, read_state_dict
-from backbones.layers import resize_pos_embed
+from backbones.checkpoint import CheckpointError, download, is_url, load_file, read_state_dict
+from backbones.checkpoint.pos_embed import resize_pos_embeds
 from detectron2.checkpoint import DetectionCheckpointer
-
-from .compat import safe_torch_load
+from revvision.checkpointer import SafeCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -62,55 +60,57 @@ def find_backbone_nets(model: nn.Module) -> List[Tuple[str, MViT]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MViT)]
 
 
-def _grid(n: int, cfg: Optional[ModelConfig], path: str) -> Tuple[int, int]:
-    if cfg is not None and not cfg.is_video:
-        return tuple(cfg.patch_grid[1:])
-    side = math.isqrt(n)
-    if side * side != n:
-        raise CheckpointError(f"{path}: cannot infer the grid of a {n}-token position embedding "
-                              "without the checkpoint's config")
-    return side, side
-
-
-def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[ModelConfig],
-                          model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
-    """Move a classifier state dict into ``model``'s backbone namespace, checking every key."""
+def the_backbone(model: nn.Module, path: str) -> Tuple[str, MViT]:
+    """The one revvision backbone in ``model``: its name (state-dict prefix) and module."""
     nets = find_backbone_nets(model)
     if len(nets) != 1:
         raise CheckpointError(f"cannot load backbone checkpoint {path}: the model has {len(nets)} "
                               "revvision backbones (expected one)")
-    prefix, net = nets[0]
+    return nets[0]
+
+
+def backbone_to_detection(state: Mapping[str, torch.Tensor], ckpt_cfg: Optional[ModelConfig],
+                          model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
+    """Move a classifier state dict into ``model``'s backbone namespace: the classifier
+    ``head.*`` and final ``norm.*`` dropped, position embeddings resized to the backbone's
+    pretraining grid. Whether every key then fits is checked when it is loaded
+    (``RevDetCheckpointer._load_model``)."""
+    prefix, net = the_backbone(model, path)
     if ckpt_cfg is not None and ckpt_cfg.reversible != net.cfg.reversible:
         kind = {True: "reversible", False: "non-reversible"}
         raise CheckpointError(f"{path} holds a {kind[ckpt_cfg.reversible]} model but the backbone "
                               f"is {kind[net.cfg.reversible]} (check MODEL.BACKBONE.NAME)")
-    ours = net.state_dict()
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith(("head.", "norm.")):
-            continue
-        if key == "pos_embed" and key in ours and value.shape != ours[key].shape:
-            src = _grid(value.shape[1], ckpt_cfg, path)
-            dst = tuple(net.cfg.patch_grid[1:])
-            logger.info(f"Resizing pos_embed of {path} from grid {src} to {dst}")
-            value = resize_pos_embed(value, src, dst, "bicubic")
-        out[key] = value
-    missing = sorted(k for k in ours if k not in out)
-    unexpected = sorted(k for k in out if k not in ours)
-    shapes = sorted(f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(ours[k].shape)}"
-                    for k in out if k in ours and out[k].shape != ours[k].shape)
-    if missing or unexpected or shapes:
+    out = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
+    for key, before, after in resize_pos_embeds(out, net, ckpt_cfg):
+        logger.info(f"Resized {key} of {path} from {list(before)} to {list(after)}")
+    base = prefix + "." if prefix else ""
+    return {base + k: v for k, v in out.items()}
+
+
+def check_backbone_keys(keys: Any, model: nn.Module, path: str) -> None:
+    """One error naming ``path`` if a converted backbone checkpoint did not fit exactly.
+
+    ``keys`` is the key report of fvcore's ``_load_model`` (``load_state_dict``'s
+    ``_IncompatibleKeys`` plus ``incorrect_shapes``) for the whole detector; only the
+    backbone's own keys count as missing."""
+    prefix, net = the_backbone(model, path)
+    base = prefix + "." if prefix else ""
+    shapes = {k: (a, b) for k, a, b in keys.incorrect_shapes}  # fvcore: not loaded, so missing
+    missing = sorted(k[len(base):] for k in keys.missing_keys
+                     if k.startswith(base) and k not in shapes)
+    unexpected = sorted(k[len(base):] for k in keys.unexpected_keys)  # all converted: in base
+    mismatched = sorted(f"{k[len(base):]}: checkpoint {a} vs model {b}"
+                        for k, (a, b) in shapes.items())
+    if missing or unexpected or mismatched:
         parts = []
         for label, items in (("missing in the checkpoint", missing),
-                             ("not in the backbone", unexpected), ("shape mismatch", shapes)):
+                             ("not in the backbone", unexpected), ("shape mismatch", mismatched)):
             if items:
                 more = f" ... (+{len(items) - 5})" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"backbone checkpoint {path} does not match the detector's backbone "
                               f"({net.cfg.embed_dim}-dim, depth {net.cfg.depth}): "
                               + "; ".join(parts))
-    base = prefix + "." if prefix else ""
-    return {base + k: v for k, v in out.items()}
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -138,8 +138,12 @@ def load_pkl(path: str) -> Any:
                               "containers are unpickled)") from None
 
 
-class RevDetCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving."""
+class RevDetCheckpointer(DetectionCheckpointer, SafeCheckpointer):
+    """``DetectionCheckpointer`` with safe loading, backbone conversion and atomic saving.
+
+    Detectron2's handling of formats and URLs comes first in the method order, then
+    ``SafeCheckpointer``'s atomic ``save`` and its check for missing files; every
+    ``.pth``/``.pyth`` is read by the same ``backbones.checkpoint.load_file``."""
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         return super().load(download(path) if is_url(path) else path, *args, **kwargs)
@@ -166,31 +170,21 @@ class RevDetCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        data = safe_torch_load(f)
+        data = load_file(f)
         if is_backbone_state(_model_state(data)):
             state, ckpt_cfg = read_state_dict(f)
             converted = backbone_to_detection(state, ckpt_cfg, self.model, f)
             self.logger.info(f"Converted backbone checkpoint {f}: {len(converted)} tensors "
                              "into the detector's backbone")
-            return {"model": converted, "__author__": "revvision", "matching_heuristics": False}
+            return {"model": converted, "__author__": "revvision", "matching_heuristics": False,
+                    "backbone_checkpoint": f}
         if not isinstance(data, dict):
             raise CheckpointError(f"checkpoint {f} holds a {type(data).__name__}, not a dict")
         return data if "model" in data else {"model": data}
 
-    # ------------------------------------------------------------------ saving
-    def save(self, name: str, **kwargs: Any) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {path}")
-        atomic_write(path, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        source = checkpoint.pop("backbone_checkpoint", None)  # set by _torch_load
+        keys = super()._load_model(checkpoint)
+        if source is not None:
+            check_backbone_keys(keys, self.model, source)
+        return keys

@@ -38,6 +38,7 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
+from revvision.checkpointer import last_checkpoint  # noqa: E402
 from revdet.data import check_datasets  # noqa: E402
 from revdet.engine import Trainer, ap_table, visualize  # noqa: E402
 from revvision import cli as command_line  # noqa: E402
@@ -120,8 +121,7 @@ def check_inputs(cfg, args) -> None:
     used = list(cfg.DATASETS.TEST) if args.eval_only else \
         list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     check_datasets(used)
-    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if not resuming:  # Detectron2 then loads MODEL.WEIGHTS
+    if not (args.resume and last_checkpoint(cfg.OUTPUT_DIR)):  # then MODEL.WEIGHTS is loaded
         command_line.check_weights(cfg.MODEL.WEIGHTS,
                                    read=args.num_gpus * args.num_machines > 1)
 

@@ -51,6 +51,7 @@ from revvideo.model import build_model  # noqa: E402
 from revvideo.data import dataset_dir, read_split  # noqa: E402
 from revvideo.multiview import format_results  # noqa: E402
 from revvision import cli as command_line  # noqa: E402
+from revvision.checkpointer import last_checkpoint  # noqa: E402
 from revvision.config_files import merge_config  # noqa: E402
 
 DEMO_CONFIG = "demo_video_revmvit.yaml"
@@ -99,7 +100,7 @@ def report(cfg, results) -> None:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        weights = last_checkpoint(cfg) if args.resume else None  # None: MODEL.WEIGHTS
+        weights = last_checkpoint(cfg.OUTPUT_DIR) if args.resume else None  # None: MODEL.WEIGHTS
         if weights:
             logger.info(f"--resume: evaluating {weights}")
         model = build_model(cfg, weights=weights).to(resolve_device(cfg))
@@ -112,15 +113,6 @@ def main(args):
     return results
 
 
-def last_checkpoint(cfg):
-    """The newest checkpoint in OUTPUT_DIR (``--resume``), or None."""
-    tag = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-    if os.path.isfile(tag):
-        with open(tag) as f:
-            return os.path.join(cfg.OUTPUT_DIR, f.read().strip())
-    return None
-
-
 def check_inputs(cfg, args) -> None:
     """Fail before any worker starts if the solver settings, a video list or the weights
     are unusable."""
@@ -131,7 +123,7 @@ def check_inputs(cfg, args) -> None:
         read_split(cfg, cfg.DATA.TRAIN_SPLIT)
     if args.eval_only or cfg.TEST.ENABLE:
         read_split(cfg, cfg.DATA.TEST_SPLIT)
-    if not (args.eval_only and args.resume and last_checkpoint(cfg)):
+    if not (args.eval_only and args.resume and last_checkpoint(cfg.OUTPUT_DIR)):
         command_line.check_weights(cfg.MODEL.WEIGHTS,
                                    read=args.num_gpus * args.num_machines > 1)
 

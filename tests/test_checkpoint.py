@@ -399,3 +399,14 @@ def test_save_checkpoint_refuses_objects_it_could_not_load_back(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['sched'\] is a object"):
         backbones.save_checkpoint(tmp_path / "c.pth", model, sched=object())
     assert not list(tmp_path.iterdir())
+
+
+def test_ddp_module_prefixes_are_dropped(tmp_path):
+    model = backbones.build("rev_vit_s", embed_dim=16, num_heads=2, depth=2, input_size=(32, 32),
+                            patch_kernel=(8, 8), patch_stride=(8, 8), num_classes=3)
+    wrapped = {f"module.{k}": v for k, v in model.state_dict().items()}  # as saved from DDP
+    path = tmp_path / "ddp.pth"
+    backbones.save_checkpoint(path, wrapped, config=model.cfg)
+    again = backbones.load_pretrained(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key

@@ -101,6 +101,21 @@ def test_architecture_mismatch_is_one_error_naming_the_file():
         RevDetCheckpointer(model).load(str(OFFICIAL))
 
 
+def test_missing_and_unexpected_backbone_keys_are_one_error_in_backbone_names(tmp_path):
+    import backbones
+
+    net = _detector().backbone.bottom_up.net
+    state = dict(net.state_dict())
+    del state["layers.1.G.mlp.fc2.bias"]
+    state["layers.9.G.mlp.fc2.bias"] = torch.zeros(8)
+    path = tmp_path / "partial.pth"
+    backbones.save_checkpoint(path, state, config=net.cfg)
+    with pytest.raises(CheckpointError, match=r"partial\.pth does not match the detector's backbone "
+                       r"\(8-dim, depth 6\): missing in the checkpoint: layers\.1\.G\.mlp\.fc2\.bias; "
+                       r"not in the backbone: layers\.9\.G\.mlp\.fc2\.bias$"):
+        RevDetCheckpointer(_detector()).load(str(path))
+
+
 @pytest.mark.skipif(not OFFICIAL.exists(), reason="golden files not available")
 def test_reversible_checkpoint_into_the_twin_is_refused():
     model = _detector("build_mvit_fpn_backbone")
