@@ -44,7 +44,7 @@ from .mvit import ModelConfig, MViT, plan_layers
 from .errors import UserError
 from .official import (IGNORED_KEYS, OFFICIAL_PREFIX, config_from_official,
                        from_official_keys)
-from .zoo import MODEL_CONFIGS, list_models, model_config
+from .zoo import list_models, model_config, resolve_name
 
 PathLike = Union[str, os.PathLike]
 
@@ -428,8 +428,8 @@ def config_for(ckpt: Checkpoint, name: Optional[str] = None, **overrides) -> Mod
     unknown = sorted(set(overrides) - set(_CONFIG_FIELDS))
     if unknown:
         raise TypeError(f"unknown override(s) {unknown}; valid: {sorted(_CONFIG_FIELDS)}")
-    if name is not None and name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if name is not None:
+        name = resolve_name(name)  # KeyError for unknown names
     if ckpt.config is not None:
         if name is not None:
             _check_name(ckpt.config, name, ckpt.path)

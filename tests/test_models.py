@@ -16,7 +16,7 @@ OFFICIAL_PARAMS = {"rev_vit_s": 22_434_664, "rev_vit_b": 87_335_656,
 def test_list_models_has_every_model_and_twin():
     assert backbones.list_models() == sorted(
         ["rev_vit_s", "rev_vit_b", "rev_vit_l", "rev_mvit_b", "rev_mvit_b_16x4",
-         "vit_s", "vit_b", "vit_l", "mvit_b", "mvit_b_16x4"])
+         "vit_s", "vit_b", "vit_l", "nonrev_mvit_b", "nonrev_mvit_b_16x4"])
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
@@ -131,7 +131,7 @@ def test_embed_dim_not_divisible_by_heads():
 def test_reversible_stage_without_reversible_block_is_refused(strides, layer):
     with pytest.raises(ValueError, match=layer):
         backbones.build("rev_mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])
-    backbones.build("mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])  # twin: fine
+    backbones.build("nonrev_mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])  # twin: fine
 
 
 def test_layer_index_beyond_depth():

@@ -102,8 +102,8 @@ def test_reversible_backprop_matches_autograd_in_the_detector(backbone):
     grads = []
     for rev, recompute in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        cfg = tiny_cfg(backbone, "MODEL.REVDET.REV_BACKPROP", rev,
-                       "MODEL.REVDET.RECOMPUTE_TRANSITIONS", recompute)
+        cfg = tiny_cfg(backbone, "MODEL.REV_BACKPROP", rev,
+                       "MODEL.RECOMPUTE_TRANSITIONS", recompute)
         model = build_model(cfg).train()
         net = next(m for m in model.backbone.modules() if isinstance(m, backbones.MViT))
         assert (net.rev_backprop, net.recompute_transitions) == (rev, recompute)
@@ -118,7 +118,7 @@ def test_reversible_backprop_matches_autograd_in_the_detector(backbone):
 
 
 def test_unknown_arch_for_family_is_a_clear_error():
-    cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.REVDET.ARCH", "vit_b")
+    cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "rev_vit_b")
     with pytest.raises(ValueError, match="not a mvit architecture"):
         build_backbone(cfg)
 
@@ -135,7 +135,7 @@ def test_configs_merge_and_describe_the_paper_models(name):
         assert cfg.SOLVER.LAYER_DECAY == (0.7 if vitdet else 1.0)
         assert cfg.INPUT.RANDOM_RESIZE_CROP.ENABLED and cfg.MODEL.REVDET.INPUT_SIZE == 224
     if name == "coco_revmvit.yaml":
-        assert cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs
+        assert cfg.MODEL.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs
         cfg.MODEL.DEVICE = "cpu"
         shapes = build_backbone(cfg).bottom_up.output_shape()
         assert [s.channels for s in shapes.values()] == [192, 384, 768, 1536]
