@@ -123,6 +123,41 @@ def test_unknown_arch_for_family_is_a_clear_error():
         build_backbone(cfg)
 
 
+def test_old_revdet_keys_warn_and_build_what_the_new_keys_build():
+    """MODEL.REVDET.ARCH / EMBED_DIM / DROP_PATH_RATE / REV_BACKPROP ... (before revdet and
+    revvideo shared MODEL.ARCH and MVIT.*) still work for one release, with a FutureWarning."""
+    old = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.REVDET.ARCH", "mvit_b",
+                   "MODEL.REVDET.EMBED_DIM", 16, "MODEL.REVDET.DROP_PATH_RATE", 0.3,
+                   "MODEL.REVDET.REV_BACKPROP", False)
+    new = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "rev_mvit_b",
+                   "MVIT.EMBED_DIM", 16, "MVIT.DROPPATH_RATE", 0.3, "MODEL.REV_BACKPROP", False)
+    with pytest.warns(FutureWarning) as caught:
+        old_net = revdet.backbone.build_net(old, reversible=True, family="mvit")
+    messages = " ".join(str(w.message) for w in caught)
+    for key, renamed in (("ARCH", "MODEL.ARCH"), ("EMBED_DIM", "MVIT.EMBED_DIM"),
+                         ("DROP_PATH_RATE", "MVIT.DROPPATH_RATE"),
+                         ("REV_BACKPROP", "MODEL.REV_BACKPROP")):
+        assert f"MODEL.REVDET.{key} is deprecated and will be removed in the next release; " \
+               f"use {renamed}" in messages
+    new_net = revdet.backbone.build_net(new, reversible=True, family="mvit")
+    assert old_net.cfg == new_net.cfg and old_net.cfg.embed_dim == 16
+    assert old_net.cfg.drop_path_rate == 0.3 and not old_net.rev_backprop
+
+
+def test_revdet_and_revvideo_share_the_model_keys():
+    import revvideo
+
+    det, video = revdet.add_revdet_config(get_cfg()), revvideo.get_cfg()
+    assert set(det.MVIT) == set(video.MVIT)
+    for key in ("ARCH", "REV_BACKPROP", "RECOMPUTE_TRANSITIONS"):
+        assert key in det.MODEL and key in video.MODEL
+
+
+def test_unknown_arch_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.ARCH: .*unknown model 'mvit_x'"):
+        build_backbone(tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "mvit_x"))
+
+
 @pytest.mark.parametrize("name", ["coco_revmvit.yaml", "coco_mvit.yaml", "coco_revvit_b.yaml",
                                   "demo_shapes_revmvit.yaml"])
 def test_configs_merge_and_describe_the_paper_models(name):
