@@ -5,16 +5,13 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
-import torch
 import yaml
 
 import backbones
-from backbones.blocks import StageTransition
 from backbones.config_keys import (SLOWFAST_DEFAULTS, ConfigReader, model_config_from_cfg,
                                    mvit_overrides)
 from backbones.errors import ConfigError
 from backbones.official import config_from_official
-from conftest import tiny_input, tiny_model
 
 
 def _node(flat):
@@ -148,33 +145,3 @@ def test_deprecated_twin_names_warn_and_build_the_renamed_twin():
     assert backbones.zoo.variant("mvit_b", reversible=True) == "rev_mvit_b"
     assert backbones.zoo.variant("rev_mvit_b", reversible=False) == "nonrev_mvit_b"
     assert backbones.zoo.variant("rev_vit_b", reversible=False) == "vit_b"
-
-
-def test_concat_fusion_passes_both_streams_to_the_transition_unchanged():
-    """PRE_Q_FUSION "concat" (official: identity, no parameters): the transition works on the
-    2C concatenation itself, like concat_linear_2 minus its fusion MLP."""
-    concat = tiny_model("mvit", fusion="concat")
-    linear = tiny_model("mvit", fusion="concat_linear_2")
-    assert set(linear.state_dict()) - set(concat.state_dict()) == {
-        k for k in linear.state_dict() if ".pre_q_fuse.fuse_fn." in k}
-    transition = concat.layers[1]
-    x = torch.randn(2, 5, 16)
-    assert isinstance(transition, StageTransition) and transition.pre_q_fuse(x) is x
-    assert concat(tiny_input(concat)).shape == (2, 5)
-
-
-def test_stage_transition_drops_only_its_branches():
-    """Decision (README, "Differences from the official implementation"): stochastic depth in a
-    stage transition drops the attention and MLP branches, never the residual. The official
-    block drops its whole output, zeroing a dropped sample's features for every later layer."""
-    torch.manual_seed(0)
-    block = StageTransition(16, 32, 2, fusion="avg", mlp_ratio=4.0, drop_path=1 - 1e-7,
-                            kernel=(1, 3, 3), q_stride=(1, 2, 2), kv_stride=None).train()
-    x, thw = torch.randn(4, 64, 32), (1, 8, 8)
-    out, out_thw = block(x, thw)
-    fused = block.pre_q_fuse(x)
-    residual = block.F.attn.pool_residual(block.res_proj(fused), thw)
-    assert out_thw == (1, 4, 4)
-    torch.testing.assert_close(out, residual)  # both branches dropped, the skip kept
-    assert residual.abs().sum() > 0
-    assert not torch.allclose(block.eval()(x, thw)[0], residual)  # eval: nothing dropped
