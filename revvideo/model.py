@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 def model_config(cfg) -> backbones.ModelConfig:
     """The zoo architecture ``MODEL.ARCH`` with the ``MVIT.*`` / ``MODEL.*`` / ``DATA.*`` keys
     applied (0 or [] keep the zoo value; read by ``backbones.config_keys``, as revdet does)."""
-    return model_config_from_cfg(cfg, backbones.model_config(cfg.MODEL.ARCH))
+    try:
+        base = backbones.model_config(cfg.MODEL.ARCH)
+    except KeyError as e:
+        raise ConfigError(f"MODEL.ARCH: {e.args[0]} (or 'weights')") from None
+    return model_config_from_cfg(cfg, base)
 
 
 def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False) -> backbones.MViT:
