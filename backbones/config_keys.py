@@ -60,13 +60,11 @@ VALUE_KEYS: Tuple[Tuple[str, str, Callable], ...] = (
 # MVIT.DROPPATH_RATE: a negative rate keeps the architecture's own.
 
 
-
 def mvit_overrides() -> Dict[str, Any]:
     """The ``MVIT`` node of an override-style config (revdet, revvideo): each architecture
     key at the value that keeps the zoo's (0, [], a negative DROPPATH_RATE)."""
-    node: Dict[str, Any] = {key[len("MVIT."):]: [] if convert in (_pairs, list, tuple, _kernel3)
-                            else convert(0) for key, _, convert in SIZE_KEYS
-                            if key.startswith("MVIT.")}
+    node: Dict[str, Any] = {key[len("MVIT."):]: convert(0) if convert in (int, float) else []
+                            for key, _, convert in SIZE_KEYS if key.startswith("MVIT.")}
     node["DROPPATH_RATE"] = -1.0
     return node
 
@@ -130,8 +128,12 @@ class ConfigReader:
         value = self._lookup(key)
         return default if value is _MISSING else value
 
-    def __contains__(self, key: str) -> bool:
-        return self.get(key, _MISSING) is not _MISSING
+
+def _convert(key: str, convert: Callable, value):
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid value for {key}") from None
 
 
 def check_supported(reader: ConfigReader) -> None:
@@ -183,13 +185,13 @@ def model_config_from_cfg(cfg, base: ModelConfig = SLOWFAST_DEFAULTS,
     for key, field, convert in SIZE_KEYS:
         value = reader.get(key)
         if value not in (None, 0, [], ()):
-            values[field] = convert(value)
+            values[field] = _convert(key, convert, value)
     for key, field, convert in VALUE_KEYS:
         value = reader.get(key)
         if value is not None:
-            values[field] = convert(value)
+            values[field] = _convert(key, convert, value)
     rate = reader.get("MVIT.DROPPATH_RATE")
-    if rate is not None and rate >= 0:
+    if rate is not None and _convert("MVIT.DROPPATH_RATE", float, rate) >= 0:
         values["drop_path_rate"] = float(rate)
     crop = reader.get("DATA.TRAIN_CROP_SIZE")
     if crop:

@@ -112,6 +112,13 @@ def test_invalid_values_name_the_problem():
                                         "POOL_KV_STRIDE_ADAPTIVE": None}}, SLOWFAST_DEFAULTS)
 
 
+@pytest.mark.parametrize("key,value", [("MVIT.DEPTH", "deep"), ("MVIT.DIM_MUL", 2),
+                                       ("MVIT.DROPPATH_RATE", "high")])
+def test_values_of_the_wrong_type_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}={value!r} is not a valid value"):
+        model_config_from_cfg(_node({key: value}), backbones.model_config("rev_mvit_b"))
+
+
 def test_pre_q_fusion_must_be_implemented_where_transitions_use_it():
     node = {"MVIT": {"REV": {"PRE_Q_FUSION": "max"}}}
     with pytest.raises(ConfigError, match="MVIT.REV.PRE_Q_FUSION='max'.*'concat'"):
