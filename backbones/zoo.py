@@ -33,15 +33,16 @@ _REV_CONFIGS: Dict[str, dict] = {
         fusion="avg", drop_path_rate=0.05, head_dropout=0.5, num_classes=400),
 }
 
-# The non-reversible twin of each model: the same widths, depths, attention and stream-free
-# pre-norm blocks, trained with plain autograd (for comparisons). The ViT twins are ViTs
-# without a class token. The MViT twins are not the published MViT-B: they widen inside the
-# attention and pool their skip connections with the attention's conv, as Rev-MViT's stage
-# transitions do, where MViT-B widens in the MLP and max-pools its skips; hence "nonrev_".
+# The non-reversible twin of each model: the same widths, depths and attention in standard
+# one-stream pre-norm blocks, trained with plain autograd, for comparisons. The ViT twins are
+# ViTs without a class token. The MViT twins are not the published MViT-B: they widen inside
+# the attention and pool their skip connections with the attention's conv, as Rev-MViT's
+# stage transitions do, where MViT-B widens in the MLP and max-pools its skips; hence
+# "nonrev_".
 TWIN_NAMES = {"vit_s": "vit_s", "vit_b": "vit_b", "vit_l": "vit_l",
               "mvit_b": "nonrev_mvit_b", "mvit_b_16x4": "nonrev_mvit_b_16x4"}
-# Old names kept for one release, with a FutureWarning.
-DEPRECATED_NAMES = {"mvit_b": "nonrev_mvit_b", "mvit_b_16x4": "nonrev_mvit_b_16x4"}
+# The MViT twins' old names, kept for one release with a FutureWarning.
+DEPRECATED_NAMES = {old: new for old, new in TWIN_NAMES.items() if old != new}
 
 MODEL_CONFIGS: Dict[str, dict] = {}
 _BASE_NAMES: Dict[str, str] = {}  # every name, old names and bare sizes -> its _REV_CONFIGS key
