@@ -5,6 +5,7 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 import backbones
@@ -152,3 +153,17 @@ def test_deprecated_twin_names_warn_and_build_the_renamed_twin():
     assert backbones.zoo.variant("mvit_b", reversible=True) == "rev_mvit_b"
     assert backbones.zoo.variant("rev_mvit_b", reversible=False) == "nonrev_mvit_b"
     assert backbones.zoo.variant("rev_vit_b", reversible=False) == "vit_b"
+
+
+def test_an_official_checkpoint_with_other_buffer_layers_is_refused_naming_file_and_key(
+        golden_dir, tmp_path):
+    ckpt = torch.load(golden_dir / "tiny_rev_mvit_img.pyth", weights_only=True)
+    cfg = yaml.safe_load(ckpt["cfg"])
+    assert cfg["MVIT"]["REV"]["BUFFER_LAYERS"] == [1, 3]
+    backbones.load_pretrained(str(golden_dir / "tiny_rev_mvit_img.pyth"))  # as released: fine
+    cfg["MVIT"]["REV"]["BUFFER_LAYERS"] = [1, 2, 3]
+    path = tmp_path / "other_buffer_layers.pyth"
+    torch.save(dict(ckpt, cfg=yaml.safe_dump(cfg)), path)
+    with pytest.raises(backbones.CheckpointError,
+                       match=r"other_buffer_layers.pyth.*MVIT.REV.BUFFER_LAYERS=\[1, 2, 3\]"):
+        backbones.load_pretrained(str(path))
