@@ -106,11 +106,16 @@ class MultiScaleBlock(nn.Module):
         return x, out_thw
 
 
+# How a stage transition merges the two streams (official MVIT.REV.PRE_Q_FUSION values).
+FUSIONS = ("avg", "concat", "concat_linear_2")
+
+
 class TwoStreamFusion(nn.Module):
     """Merges the two reversible streams ``[X1 | X2]`` before a stage transition.
 
-    ``avg``: their mean (width C). ``concat_linear_2``: the concatenation refined by a
-    residual MLP of hidden width 2x (width 2C).
+    ``avg``: their mean (width C). ``concat``: the concatenation as it is (width 2C).
+    ``concat_linear_2``: the concatenation refined by a residual MLP of hidden width 2x
+    (width 2C).
     """
 
     def __init__(self, mode: str, dim: int):
@@ -118,12 +123,14 @@ class TwoStreamFusion(nn.Module):
         self.mode = mode
         if mode == "concat_linear_2":
             self.fuse_fn = Mlp(dim, 2 * dim)
-        elif mode != "avg":
-            raise ValueError(f"unknown stream fusion {mode!r}; expected 'avg' or 'concat_linear_2'")
+        elif mode not in FUSIONS:
+            raise ValueError(f"unknown stream fusion {mode!r}; expected one of {FUSIONS}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "avg":
             return torch.stack(x.chunk(2, dim=-1)).mean(dim=0)
+        if self.mode == "concat":
+            return x
         return x + self.fuse_fn(x)
 
 

@@ -43,7 +43,7 @@ class ModelConfig:
     pool_q_stride: List[List[int]] = field(default_factory=list)  # [layer, st, sh, sw]
     pool_kv_stride_adaptive: Optional[List[int]] = None  # k/v stride at the first layer
     pool_kernel: Tuple[int, int, int] = (3, 3, 3)
-    fusion: str = "concat_linear_2"  # how stage transitions merge the streams: or "avg"
+    fusion: str = "concat_linear_2"  # how stage transitions merge the streams (blocks.FUSIONS)
     reversible: bool = True
     drop_path_rate: float = 0.0
     dropout: float = 0.0  # inside attention and MLP branches

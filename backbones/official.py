@@ -1,7 +1,8 @@
 """The official (SlowFast) Rev-ViT / Rev-MViT format: its config and its key names.
 
-Released ``.pyth`` files embed the full SlowFast config as a YAML string; this module maps
-the parts that define the architecture onto a ``ModelConfig`` and renames keys both ways.
+Released ``.pyth`` files embed the full SlowFast config as a YAML string; its architecture
+keys map onto a ``ModelConfig`` through ``config_keys``; this module renames state-dict keys
+both ways and writes the SlowFast config of a ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Dict, Mapping
 
 import torch
 
+from .config_keys import SLOWFAST_DEFAULTS, model_config_from_cfg
 from .mvit import ModelConfig
 
 OFFICIAL_PREFIX = "rev_backbone.layers."
@@ -17,57 +19,13 @@ OUR_PREFIX = "layers."
 # Keys the official model may carry that have no counterpart here (class token variants).
 IGNORED_KEYS = ("cls_token", "pos_embed_class")
 
-# Settings the official code supports that these models do not implement, with the value
-# they must have.
-_REQUIRED = {
-    ("MVIT", "MODE"): "conv",
-    ("MVIT", "POOL_FIRST"): False,
-    ("MVIT", "RESIDUAL_POOLING"): False,
-    ("MVIT", "REL_POS_SPATIAL"): False,
-    ("MVIT", "REL_POS_TEMPORAL"): False,
-    ("MVIT", "NORM"): "layernorm",
-    ("MVIT", "NORM_STEM"): False,
-    ("MVIT", "USE_ABS_POS"): True,
-    ("MVIT", "USE_FIXED_SINCOS_POS"): False,
-    ("MVIT", "USE_MEAN_POOLING"): False,
-}
-
 
 def config_from_official(cfg: Mapping) -> ModelConfig:
-    """``ModelConfig`` for a SlowFast config dict (``yaml.safe_load`` of a checkpoint's ``cfg``)."""
-    mvit, data, model = cfg["MVIT"], cfg["DATA"], cfg["MODEL"]
-    for (section, key), value in _REQUIRED.items():
-        if key in cfg[section] and cfg[section][key] != value:
-            raise ValueError(f"unsupported official setting {section}.{key}={cfg[section][key]!r} "
-                             f"(revvision implements {value!r})")
-    rev = mvit.get("REV", {}).get("ENABLE", False)
-    if rev and mvit["REV"].get("RES_PATH", "conv") != "conv":
-        raise ValueError(f"unsupported MVIT.REV.RES_PATH={mvit['REV']['RES_PATH']!r}")
-    kernel = list(mvit["PATCH_KERNEL"])
-    is_2d = mvit.get("PATCH_2D", False)
-    crop = data["TRAIN_CROP_SIZE"]
-    input_size = (crop, crop) if is_2d else (data["NUM_FRAMES"], crop, crop)
-    adaptive = mvit.get("POOL_KV_STRIDE_ADAPTIVE")
-    if adaptive is None and mvit.get("POOL_KV_STRIDE"):
-        raise ValueError("explicit MVIT.POOL_KV_STRIDE without POOL_KV_STRIDE_ADAPTIVE is not supported")
-    pool_kernel = list(mvit.get("POOL_KVQ_KERNEL") or [3, 3, 3])
-    if len(pool_kernel) == 2:
-        pool_kernel = [1] + pool_kernel
-    config = ModelConfig(
-        embed_dim=mvit["EMBED_DIM"], depth=mvit["DEPTH"], num_heads=mvit["NUM_HEADS"],
-        mlp_ratio=mvit["MLP_RATIO"], input_size=input_size,
-        in_chans=data.get("INPUT_CHANNEL_NUM", [3])[0],
-        patch_kernel=tuple(kernel), patch_stride=tuple(mvit["PATCH_STRIDE"]),
-        patch_padding=tuple(mvit["PATCH_PADDING"]), num_classes=model["NUM_CLASSES"],
-        qkv_bias=mvit["QKV_BIAS"], separate_qkv=mvit.get("SEPARATE_QKV", False),
-        sep_pos_embed=mvit["SEP_POS_EMBED"], dim_mul=mvit["DIM_MUL"], head_mul=mvit["HEAD_MUL"],
-        pool_q_stride=mvit["POOL_Q_STRIDE"], pool_kv_stride_adaptive=adaptive,
-        pool_kernel=tuple(pool_kernel),
-        fusion=mvit.get("REV", {}).get("PRE_Q_FUSION", "avg"), reversible=rev,
-        drop_path_rate=mvit["DROPPATH_RATE"], dropout=mvit.get("DROPOUT_RATE", 0.0),
-        head_dropout=model.get("DROPOUT_RATE", 0.0),
-    )
-    return config
+    """``ModelConfig`` for a SlowFast config dict (``yaml.safe_load`` of a checkpoint's ``cfg``).
+
+    Keys the dict leaves out mean SlowFast's defaults, as they do in SlowFast.
+    """
+    return model_config_from_cfg(cfg, SLOWFAST_DEFAULTS)
 
 
 def from_official_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

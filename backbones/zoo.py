@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Dict, List
 
 from .mvit import ModelConfig, MViT
@@ -32,10 +33,23 @@ _REV_CONFIGS: Dict[str, dict] = {
         fusion="avg", drop_path_rate=0.05, head_dropout=0.5, num_classes=400),
 }
 
+# The non-reversible twin of each model: the same widths, depths and attention in standard
+# one-stream pre-norm blocks, trained with plain autograd, for comparisons. The ViT twins are
+# ViTs without a class token. The MViT twins are not the published MViT-B: they widen inside
+# the attention and pool their skip connections with the attention's conv, as Rev-MViT's
+# stage transitions do, where MViT-B widens in the MLP and max-pools its skips; hence
+# "nonrev_".
+TWIN_NAMES = {"vit_s": "vit_s", "vit_b": "vit_b", "vit_l": "vit_l",
+              "mvit_b": "nonrev_mvit_b", "mvit_b_16x4": "nonrev_mvit_b_16x4"}
+# The MViT twins' old names, kept for one release with a FutureWarning.
+DEPRECATED_NAMES = {old: new for old, new in TWIN_NAMES.items() if old != new}
+
 MODEL_CONFIGS: Dict[str, dict] = {}
+_BASE_NAMES: Dict[str, str] = {}  # every name, old names and bare sizes -> its _REV_CONFIGS key
 for _name, _cfg in _REV_CONFIGS.items():
     MODEL_CONFIGS[f"rev_{_name}"] = dict(_cfg, reversible=True)
-    MODEL_CONFIGS[_name] = dict(_cfg, reversible=False)  # the non-reversible twin
+    MODEL_CONFIGS[TWIN_NAMES[_name]] = dict(_cfg, reversible=False)
+    _BASE_NAMES.update({_name: _name, f"rev_{_name}": _name, TWIN_NAMES[_name]: _name})
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -44,10 +58,36 @@ def list_models() -> List[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def model_config(name: str, **overrides) -> ModelConfig:
-    """The named architecture with ``overrides`` applied (any ``ModelConfig`` field)."""
+def resolve_name(name: str) -> str:
+    """``name`` itself, or the current name of a deprecated one (with a ``FutureWarning``)."""
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        warnings.warn(f"model name {name!r} is deprecated and will be removed in the next "
+                      f"release; use {new!r} (the non-reversible twin of Rev-MViT-B, not the "
+                      f"published MViT-B)", FutureWarning, stacklevel=3)
+        return new
     if name not in MODEL_CONFIGS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return name
+
+
+def variant(name: str, reversible: bool) -> str:
+    """The reversible model or the non-reversible twin of the architecture ``name`` names:
+    any zoo name or a bare size (``"mvit_b"``, ``"vit_b"``), as Detectron2 backbones take it."""
+    if name not in _BASE_NAMES:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    base = _BASE_NAMES[name]
+    return f"rev_{base}" if reversible else TWIN_NAMES[base]
+
+
+def family(name: str) -> str:
+    """"vit" or "mvit": the kind of architecture ``name`` (any zoo name) is."""
+    return _BASE_NAMES[name].split("_")[0]
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """The named architecture with ``overrides`` applied (any ``ModelConfig`` field)."""
+    name = resolve_name(name)
     unknown = sorted(set(overrides) - _FIELDS)
     if unknown:
         raise TypeError(f"unknown override(s) {unknown} for {name!r}; valid: {sorted(_FIELDS)}")

@@ -25,12 +25,15 @@ import torch
 from torch import nn
 
 import backbones
-from backbones import MViT
+from backbones import MViT, zoo
+from backbones.config_keys import ConfigReader, model_config_from_cfg
 from backbones.errors import ConfigError
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+
+from .config import RENAMED_KEYS
 
 SIZE_DIVISIBILITY = 32
 
@@ -109,38 +112,25 @@ class SimpleFPN(SimpleFeaturePyramid):
         return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
 
 
-def _list_or_none(value) -> Optional[list]:
-    return [list(v) if isinstance(v, (list, tuple)) else v for v in value] if value else None
-
-
 def build_net(cfg, reversible: bool, family: str, in_chans: int = 3) -> MViT:
-    """The ``backbones`` model named by ``cfg.MODEL.REVDET`` (family "mvit" or "vit")."""
-    c = cfg.MODEL.REVDET
-    arch = c.ARCH[4:] if c.ARCH.startswith("rev_") else c.ARCH
-    if not arch.startswith(family):
-        raise ConfigError(f"MODEL.REVDET.ARCH={c.ARCH!r} is not a {family} architecture "
+    """The ``backbones`` model that ``MODEL.ARCH`` and ``MVIT.*`` describe (the same keys as
+    revvideo, read by ``backbones.config_keys``), in the family ("mvit" or "vit") and
+    reversibility of the registered backbone."""
+    keys = ConfigReader(cfg, RENAMED_KEYS)
+    arch = keys.get("MODEL.ARCH")
+    try:
+        name = zoo.variant(arch, reversible)
+    except KeyError as e:
+        raise ConfigError(f"MODEL.ARCH: {e.args[0]}") from None
+    if zoo.family(name) != family:
+        raise ConfigError(f"MODEL.ARCH={arch!r} is not a {family} architecture "
                           f"(the backbone {cfg.MODEL.BACKBONE.NAME} builds {family}_*)")
-    overrides = dict(input_size=(c.INPUT_SIZE, c.INPUT_SIZE), in_chans=in_chans)
-    for key, field in (("EMBED_DIM", "embed_dim"), ("DEPTH", "depth"),
-                       ("NUM_HEADS", "num_heads"), ("MLP_RATIO", "mlp_ratio")):
-        if c[key]:
-            overrides[field] = c[key]
-    for key, field in (("DIM_MUL", "dim_mul"), ("HEAD_MUL", "head_mul"),
-                       ("POOL_Q_STRIDE", "pool_q_stride")):
-        if c[key]:
-            overrides[field] = _list_or_none(c[key])
-    if c.POOL_KV_STRIDE_ADAPTIVE:
-        overrides["pool_kv_stride_adaptive"] = list(c.POOL_KV_STRIDE_ADAPTIVE)
-    for key, field in (("PATCH_KERNEL", "patch_kernel"), ("PATCH_STRIDE", "patch_stride"),
-                       ("PATCH_PADDING", "patch_padding")):
-        if c[key]:
-            overrides[field] = tuple(c[key])
-    if c.DROP_PATH_RATE >= 0:
-        overrides["drop_path_rate"] = c.DROP_PATH_RATE
-    overrides["num_classes"] = 1  # the head is dropped; keep it tiny
-    name = ("rev_" if reversible else "") + arch
-    return backbones.build(name, rev_backprop=c.REV_BACKPROP,
-                           recompute_transitions=c.RECOMPUTE_TRANSITIONS, **overrides)
+    config = model_config_from_cfg(
+        keys, backbones.model_config(name), input_size=(cfg.MODEL.REVDET.INPUT_SIZE,) * 2,
+        in_chans=in_chans, num_classes=1)  # the head is dropped; keep it tiny
+    return backbones.build_from_config(
+        config, rev_backprop=keys.get("MODEL.REV_BACKPROP"),
+        recompute_transitions=keys.get("MODEL.RECOMPUTE_TRANSITIONS"))
 
 
 def build_stage_backbone(cfg, input_shape: ShapeSpec, reversible: bool, family: str,

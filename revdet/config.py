@@ -14,9 +14,22 @@ from __future__ import annotations
 
 import torch
 
+from backbones.config_keys import mvit_overrides
 from backbones.lr_decay import check_layer_decay
 from backbones.training import check_training_options
 from detectron2.config import CfgNode as CN
+
+
+# Keys of earlier releases -> their names now (shared with revvideo and SlowFast).
+RENAMED_KEYS = {
+    "MODEL.REVDET.ARCH": "MODEL.ARCH",
+    "MODEL.REVDET.REV_BACKPROP": "MODEL.REV_BACKPROP",
+    "MODEL.REVDET.RECOMPUTE_TRANSITIONS": "MODEL.RECOMPUTE_TRANSITIONS",
+    "MODEL.REVDET.DROP_PATH_RATE": "MVIT.DROPPATH_RATE",
+    **{f"MODEL.REVDET.{key}": f"MVIT.{key}" for key in (
+        "EMBED_DIM", "DEPTH", "NUM_HEADS", "MLP_RATIO", "DIM_MUL", "HEAD_MUL", "POOL_Q_STRIDE",
+        "POOL_KV_STRIDE_ADAPTIVE", "PATCH_KERNEL", "PATCH_STRIDE", "PATCH_PADDING")},
+}
 
 
 def add_revdet_config(cfg: CN) -> CN:
@@ -25,36 +38,31 @@ def add_revdet_config(cfg: CN) -> CN:
         return cfg
 
     # ---------------------------------------------------------------- backbone
-    # The registered backbone chooses the family and whether it is reversible
-    # (build_rev_mvit_fpn_backbone, build_mvit_fpn_backbone,
-    # build_rev_vit_simple_fpn_backbone, build_vit_simple_fpn_backbone); ARCH names the
-    # size in the `backbones` zoo without its "rev_" prefix. Numeric keys left at 0 / []
-    # keep the architecture's own value.
+    # The same model keys as revvideo (read by backbones.config_keys). MODEL.ARCH names the
+    # architecture in the `backbones` zoo (rev_mvit_b, rev_vit_s, rev_vit_b, rev_vit_l; a
+    # bare size like mvit_b works too); the registered backbone chooses the family and
+    # whether it is reversible (build_rev_mvit_fpn_backbone, build_mvit_fpn_backbone,
+    # build_rev_vit_simple_fpn_backbone, build_vit_simple_fpn_backbone).
+    cfg.MODEL.ARCH = "rev_mvit_b"
+    # False trains a reversible backbone with plain autograd (same weights and outputs,
+    # more memory); for comparisons.
+    cfg.MODEL.REV_BACKPROP = True
+    # With REV_BACKPROP, also recompute Rev-MViT's non-reversible stage transitions in
+    # backward instead of storing their activations (backbones.MViT): less memory for one
+    # extra forward of those few layers. False is the official model's behaviour.
+    cfg.MODEL.RECOMPUTE_TRANSITIONS = False
+    # Architecture overrides of the zoo model, with SlowFast's names (EMBED_DIM, DEPTH,
+    # NUM_HEADS, MLP_RATIO, DIM_MUL, HEAD_MUL, POOL_Q_STRIDE, POOL_KV_STRIDE_ADAPTIVE,
+    # POOL_KVQ_KERNEL, PATCH_KERNEL/STRIDE/PADDING, DROPPATH_RATE); 0 / [] keep the
+    # architecture's own value, DROPPATH_RATE < 0 too.
+    cfg.MVIT = CN(mvit_overrides())
+
+    # Detection-only backbone keys.
     cfg.MODEL.REVDET = CN()
-    cfg.MODEL.REVDET.ARCH = "mvit_b"  # mvit_b | vit_s | vit_b | vit_l
-    cfg.MODEL.REVDET.EMBED_DIM = 0
-    cfg.MODEL.REVDET.DEPTH = 0
-    cfg.MODEL.REVDET.NUM_HEADS = 0
-    cfg.MODEL.REVDET.MLP_RATIO = 0.0
-    cfg.MODEL.REVDET.DIM_MUL = []  # [[layer, multiplier], ...]
-    cfg.MODEL.REVDET.HEAD_MUL = []  # [[layer, multiplier], ...]
-    cfg.MODEL.REVDET.POOL_Q_STRIDE = []  # [[layer, 1, sh, sw], ...]
-    cfg.MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE = []  # [1, sh, sw] at the first layer
-    cfg.MODEL.REVDET.PATCH_KERNEL = []
-    cfg.MODEL.REVDET.PATCH_STRIDE = []
-    cfg.MODEL.REVDET.PATCH_PADDING = []
     # The image size the position embedding is laid out for (the pretraining size: its
     # grid is resized to each padded input at run time). Keep it at the checkpoint's
     # size (224 for the ImageNet models) when loading one through MODEL.WEIGHTS.
     cfg.MODEL.REVDET.INPUT_SIZE = 224
-    cfg.MODEL.REVDET.DROP_PATH_RATE = -1.0  # < 0: the architecture's own
-    # False trains a reversible backbone with plain autograd (same weights and outputs,
-    # more memory); for comparisons.
-    cfg.MODEL.REVDET.REV_BACKPROP = True
-    # With REV_BACKPROP, also recompute Rev-MViT's non-reversible stage transitions in
-    # backward instead of storing their activations (backbones.MViT): less memory for one
-    # extra forward of those few layers. False is the official model's behaviour.
-    cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS = False
     # Stage maps returned (named by stride: scale2 = 1/4 ... scale5 = 1/32; a ViT has
     # only scale4), each after a LayerNorm over channels when STAGE_NORM.
     cfg.MODEL.REVDET.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
@@ -62,6 +70,9 @@ def add_revdet_config(cfg: CN) -> CN:
     # Simple feature pyramid (ViT backbones): scales relative to the stride-16 map.
     cfg.MODEL.REVDET.SFP_SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
     cfg.MODEL.REVDET.SFP_NORM = "LN"
+    # Old names of the keys above (RENAMED_KEYS): still read for one release, with a warning.
+    for old in RENAMED_KEYS:
+        cfg.MODEL.REVDET[old.rsplit(".", 1)[1]] = None
 
     # --------------------------------------------------------------- optimizer
     cfg.SOLVER.OPTIMIZER = "SGD"  # SGD (Detectron2's) | ADAMW

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from backbones.config_keys import mvit_overrides
 from backbones.lr_decay import check_layer_decay
 from backbones.training import check_training_options
 from detectron2.config import CfgNode as _Detectron2CfgNode
@@ -57,7 +58,7 @@ _C = CN()
 
 # ------------------------------------------------------------------------------ model
 _C.MODEL = CN()
-# A `backbones` zoo name (rev_mvit_b_16x4, or its non-reversible twin mvit_b_16x4), or
+# A `backbones` zoo name (rev_mvit_b_16x4, or its non-reversible twin nonrev_mvit_b_16x4), or
 # "weights": build the architecture embedded in MODEL.WEIGHTS (an official .pyth or a
 # revvision checkpoint).
 _C.MODEL.ARCH = "rev_mvit_b_16x4"
@@ -76,21 +77,10 @@ _C.MODEL.REV_BACKPROP = True
 _C.MODEL.RECOMPUTE_TRANSITIONS = False
 _C.MODEL.DEVICE = "cuda"  # falls back to "cpu" when CUDA is not available
 
-# Architecture overrides of the zoo model (SlowFast names); 0 / [] keep the zoo value.
-_C.MVIT = CN()
-_C.MVIT.EMBED_DIM = 0
-_C.MVIT.DEPTH = 0
-_C.MVIT.NUM_HEADS = 0
-_C.MVIT.MLP_RATIO = 0.0
-_C.MVIT.DIM_MUL = []  # [[layer, multiplier], ...]
-_C.MVIT.HEAD_MUL = []
-_C.MVIT.POOL_Q_STRIDE = []  # [[layer, st, sh, sw], ...]
-_C.MVIT.POOL_KV_STRIDE_ADAPTIVE = []  # [st, sh, sw] at the first layer
-_C.MVIT.POOL_KVQ_KERNEL = []
-_C.MVIT.PATCH_KERNEL = []
-_C.MVIT.PATCH_STRIDE = []
-_C.MVIT.PATCH_PADDING = []
-_C.MVIT.DROPPATH_RATE = 0.05
+# Architecture overrides of the zoo model, with SlowFast's names (revdet reads the same keys
+# through backbones.config_keys); 0 / [] keep the zoo value, DROPPATH_RATE < 0 too.
+_C.MVIT = CN(mvit_overrides())  # EMBED_DIM, DEPTH, ..., DIM_MUL, POOL_Q_STRIDE, PATCH_*
+_C.MVIT.DROPPATH_RATE = 0.05  # the official recipe; < 0 keeps the zoo value
 
 # ------------------------------------------------------------------------------- data
 _C.DATA = CN()

@@ -15,32 +15,20 @@ import torch
 from torch import nn
 
 import backbones
+from backbones.config_keys import model_config_from_cfg
 from backbones.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def model_overrides(cfg) -> Dict:
-    """``ModelConfig`` overrides from ``MODEL.*`` / ``MVIT.*`` / ``DATA.*`` (0 or [] keep the zoo value)."""
-    m, d = cfg.MVIT, cfg.DATA
-    out = dict(num_classes=cfg.MODEL.NUM_CLASSES, head_dropout=cfg.MODEL.DROPOUT_RATE,
-               drop_path_rate=m.DROPPATH_RATE,
-               input_size=(d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE))
-    for key, field in (("EMBED_DIM", "embed_dim"), ("DEPTH", "depth"), ("NUM_HEADS", "num_heads"),
-                       ("MLP_RATIO", "mlp_ratio")):
-        if getattr(m, key):
-            out[field] = getattr(m, key)
-    for key, field in (("DIM_MUL", "dim_mul"), ("HEAD_MUL", "head_mul"),
-                       ("POOL_Q_STRIDE", "pool_q_stride")):
-        if getattr(m, key):
-            out[field] = [list(e) for e in getattr(m, key)]
-    for key, field in (("POOL_KV_STRIDE_ADAPTIVE", "pool_kv_stride_adaptive"),
-                       ("POOL_KVQ_KERNEL", "pool_kernel"), ("PATCH_KERNEL", "patch_kernel"),
-                       ("PATCH_STRIDE", "patch_stride"), ("PATCH_PADDING", "patch_padding")):
-        if getattr(m, key):
-            value = getattr(m, key)
-            out[field] = list(value) if field == "pool_kv_stride_adaptive" else tuple(value)
-    return out
+def model_config(cfg) -> backbones.ModelConfig:
+    """The zoo architecture ``MODEL.ARCH`` with the ``MVIT.*`` / ``MODEL.*`` / ``DATA.*`` keys
+    applied (0 or [] keep the zoo value; read by ``backbones.config_keys``, as revdet does)."""
+    try:
+        base = backbones.model_config(cfg.MODEL.ARCH)
+    except KeyError as e:
+        raise ConfigError(f"MODEL.ARCH: {e.args[0]} (or 'weights')") from None
+    return model_config_from_cfg(cfg, base)
 
 
 def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False) -> backbones.MViT:
@@ -66,7 +54,7 @@ def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False
                 f"{weights} classifies {model.cfg.num_classes} classes but MODEL.NUM_CLASSES "
                 f"is {cfg.MODEL.NUM_CLASSES}")
         return model
-    model = backbones.build(cfg.MODEL.ARCH, **rev_options, **model_overrides(cfg))
+    model = backbones.build_from_config(model_config(cfg), **rev_options)
     logger.info(f"Built {cfg.MODEL.ARCH}: {_describe(model)}")
     if weights:
         try:

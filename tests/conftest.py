@@ -24,7 +24,7 @@ TINY = {
 def tiny_model(kind: str, reversible: bool = True, depth: int = 6, **overrides):
     """A tiny zoo model (``kind`` in TINY) with the code paths of the full-size one."""
     name, base = TINY[kind]
-    name = ("rev_" + name) if reversible else name
+    name = backbones.zoo.variant(name, reversible)
     return backbones.build(name, **{**base, "depth": depth, "num_classes": 5, **overrides})
 
 

@@ -12,20 +12,20 @@ CONFIGS = ROOT / "configs"
 
 # Rev-MViT layout: 0 rev | 1 transition | 2 rev | 3 transition | 4 rev | 5 transition | 6 rev
 TINY_MVIT = [
-    "MODEL.REVDET.ARCH", "mvit_b", "MODEL.REVDET.EMBED_DIM", 8, "MODEL.REVDET.DEPTH", 7,
-    "MODEL.REVDET.NUM_HEADS", 1,
-    "MODEL.REVDET.DIM_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
-    "MODEL.REVDET.HEAD_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
-    "MODEL.REVDET.POOL_Q_STRIDE", [[1, 1, 2, 2], [3, 1, 2, 2], [5, 1, 2, 2]],
-    "MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE", [1, 4, 4],
+    "MODEL.ARCH", "rev_mvit_b", "MVIT.EMBED_DIM", 8, "MVIT.DEPTH", 7,
+    "MVIT.NUM_HEADS", 1,
+    "MVIT.DIM_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
+    "MVIT.HEAD_MUL", [[1, 2.0], [3, 2.0], [5, 2.0]],
+    "MVIT.POOL_Q_STRIDE", [[1, 1, 2, 2], [3, 1, 2, 2], [5, 1, 2, 2]],
+    "MVIT.POOL_KV_STRIDE_ADAPTIVE", [1, 4, 4],
     "MODEL.REVDET.INPUT_SIZE", 64,
 ]
 TINY_VIT = [
-    "MODEL.REVDET.ARCH", "vit_s", "MODEL.REVDET.EMBED_DIM", 16, "MODEL.REVDET.DEPTH", 2,
-    "MODEL.REVDET.NUM_HEADS", 2, "MODEL.REVDET.INPUT_SIZE", 64,
-    "MODEL.REVDET.OUT_FEATURES", ["scale4"], "MODEL.REVDET.DIM_MUL", [],
-    "MODEL.REVDET.HEAD_MUL", [], "MODEL.REVDET.POOL_Q_STRIDE", [],
-    "MODEL.REVDET.POOL_KV_STRIDE_ADAPTIVE", [],
+    "MODEL.ARCH", "rev_vit_s", "MVIT.EMBED_DIM", 16, "MVIT.DEPTH", 2,
+    "MVIT.NUM_HEADS", 2, "MODEL.REVDET.INPUT_SIZE", 64,
+    "MODEL.REVDET.OUT_FEATURES", ["scale4"], "MVIT.DIM_MUL", [],
+    "MVIT.HEAD_MUL", [], "MVIT.POOL_Q_STRIDE", [],
+    "MVIT.POOL_KV_STRIDE_ADAPTIVE", [],
 ]
 TINY_HEADS = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",

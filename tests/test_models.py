@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import backbones
+from backbones.blocks import StageTransition
 from backbones.mvit import plan_layers
 from conftest import tiny_input, tiny_model
 
@@ -16,7 +17,7 @@ OFFICIAL_PARAMS = {"rev_vit_s": 22_434_664, "rev_vit_b": 87_335_656,
 def test_list_models_has_every_model_and_twin():
     assert backbones.list_models() == sorted(
         ["rev_vit_s", "rev_vit_b", "rev_vit_l", "rev_mvit_b", "rev_mvit_b_16x4",
-         "vit_s", "vit_b", "vit_l", "mvit_b", "mvit_b_16x4"])
+         "vit_s", "vit_b", "vit_l", "nonrev_mvit_b", "nonrev_mvit_b_16x4"])
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
@@ -131,7 +132,7 @@ def test_embed_dim_not_divisible_by_heads():
 def test_reversible_stage_without_reversible_block_is_refused(strides, layer):
     with pytest.raises(ValueError, match=layer):
         backbones.build("rev_mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])
-    backbones.build("mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])  # twin: fine
+    backbones.build("nonrev_mvit_b", depth=4, pool_q_stride=strides, dim_mul=[], head_mul=[])  # twin: fine
 
 
 def test_layer_index_beyond_depth():
@@ -158,3 +159,33 @@ def test_integer_input_is_rejected():
     model = tiny_model("vit", depth=1)
     with pytest.raises(TypeError, match="floating-point.*torch.uint8"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_concat_fusion_passes_both_streams_to_the_transition_unchanged():
+    """PRE_Q_FUSION "concat" (official: identity, no parameters): the transition works on the
+    2C concatenation itself, like concat_linear_2 minus its fusion MLP."""
+    concat = tiny_model("mvit", fusion="concat")
+    linear = tiny_model("mvit", fusion="concat_linear_2")
+    assert set(linear.state_dict()) - set(concat.state_dict()) == {
+        k for k in linear.state_dict() if ".pre_q_fuse.fuse_fn." in k}
+    transition = concat.layers[1]
+    x = torch.randn(2, 5, 16)
+    assert isinstance(transition, StageTransition) and transition.pre_q_fuse(x) is x
+    assert concat(tiny_input(concat)).shape == (2, 5)
+
+
+def test_stage_transition_drops_only_its_branches():
+    """Decision (README, "Differences from the official implementation"): stochastic depth in a
+    stage transition drops the attention and MLP branches, never the residual. The official
+    block drops its whole output, zeroing a dropped sample's features for every later layer."""
+    torch.manual_seed(0)
+    block = StageTransition(16, 32, 2, fusion="avg", mlp_ratio=4.0, drop_path=1 - 1e-7,
+                            kernel=(1, 3, 3), q_stride=(1, 2, 2), kv_stride=None).train()
+    x, thw = torch.randn(4, 64, 32), (1, 8, 8)
+    out, out_thw = block(x, thw)
+    fused = block.pre_q_fuse(x)
+    residual = block.F.attn.pool_residual(block.res_proj(fused), thw)
+    assert out_thw == (1, 4, 4)
+    torch.testing.assert_close(out, residual)  # both branches dropped, the skip kept
+    assert residual.abs().sum() > 0
+    assert not torch.allclose(block.eval()(x, thw)[0], residual)  # eval: nothing dropped

@@ -102,8 +102,8 @@ def test_reversible_backprop_matches_autograd_in_the_detector(backbone):
     grads = []
     for rev, recompute in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        cfg = tiny_cfg(backbone, "MODEL.REVDET.REV_BACKPROP", rev,
-                       "MODEL.REVDET.RECOMPUTE_TRANSITIONS", recompute)
+        cfg = tiny_cfg(backbone, "MODEL.REV_BACKPROP", rev,
+                       "MODEL.RECOMPUTE_TRANSITIONS", recompute)
         model = build_model(cfg).train()
         net = next(m for m in model.backbone.modules() if isinstance(m, backbones.MViT))
         assert (net.rev_backprop, net.recompute_transitions) == (rev, recompute)
@@ -118,9 +118,44 @@ def test_reversible_backprop_matches_autograd_in_the_detector(backbone):
 
 
 def test_unknown_arch_for_family_is_a_clear_error():
-    cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.REVDET.ARCH", "vit_b")
+    cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "rev_vit_b")
     with pytest.raises(ValueError, match="not a mvit architecture"):
         build_backbone(cfg)
+
+
+def test_old_revdet_keys_warn_and_build_what_the_new_keys_build():
+    """MODEL.REVDET.ARCH / EMBED_DIM / DROP_PATH_RATE / REV_BACKPROP ... (before revdet and
+    revvideo shared MODEL.ARCH and MVIT.*) still work for one release, with a FutureWarning."""
+    old = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.REVDET.ARCH", "mvit_b",
+                   "MODEL.REVDET.EMBED_DIM", 16, "MODEL.REVDET.DROP_PATH_RATE", 0.3,
+                   "MODEL.REVDET.REV_BACKPROP", False)
+    new = tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "rev_mvit_b",
+                   "MVIT.EMBED_DIM", 16, "MVIT.DROPPATH_RATE", 0.3, "MODEL.REV_BACKPROP", False)
+    with pytest.warns(FutureWarning) as caught:
+        old_net = revdet.backbone.build_net(old, reversible=True, family="mvit")
+    messages = " ".join(str(w.message) for w in caught)
+    for key, renamed in (("ARCH", "MODEL.ARCH"), ("EMBED_DIM", "MVIT.EMBED_DIM"),
+                         ("DROP_PATH_RATE", "MVIT.DROPPATH_RATE"),
+                         ("REV_BACKPROP", "MODEL.REV_BACKPROP")):
+        assert f"MODEL.REVDET.{key} is deprecated and will be removed in the next release; " \
+               f"use {renamed}" in messages
+    new_net = revdet.backbone.build_net(new, reversible=True, family="mvit")
+    assert old_net.cfg == new_net.cfg and old_net.cfg.embed_dim == 16
+    assert old_net.cfg.drop_path_rate == 0.3 and not old_net.rev_backprop
+
+
+def test_revdet_and_revvideo_share_the_model_keys():
+    import revvideo
+
+    det, video = revdet.add_revdet_config(get_cfg()), revvideo.get_cfg()
+    assert set(det.MVIT) == set(video.MVIT)
+    for key in ("ARCH", "REV_BACKPROP", "RECOMPUTE_TRANSITIONS"):
+        assert key in det.MODEL and key in video.MODEL
+
+
+def test_unknown_arch_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.ARCH: .*unknown model 'mvit_x'"):
+        build_backbone(tiny_cfg("build_rev_mvit_fpn_backbone", "MODEL.ARCH", "mvit_x"))
 
 
 @pytest.mark.parametrize("name", ["coco_revmvit.yaml", "coco_mvit.yaml", "coco_revvit_b.yaml",
@@ -135,7 +170,7 @@ def test_configs_merge_and_describe_the_paper_models(name):
         assert cfg.SOLVER.LAYER_DECAY == (0.7 if vitdet else 1.0)
         assert cfg.INPUT.RANDOM_RESIZE_CROP.ENABLED and cfg.MODEL.REVDET.INPUT_SIZE == 224
     if name == "coco_revmvit.yaml":
-        assert cfg.MODEL.REVDET.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs
+        assert cfg.MODEL.RECOMPUTE_TRANSITIONS  # the memory the paper's model needs
         cfg.MODEL.DEVICE = "cpu"
         shapes = build_backbone(cfg).bottom_up.output_shape()
         assert [s.channels for s in shapes.values()] == [192, 384, 768, 1536]

@@ -19,9 +19,9 @@ from conftest import GOLDEN
 OFFICIAL = GOLDEN / "tiny_rev_mvit_img.pyth"
 # The architecture of the golden tiny Rev-MViT (Rev, ST, Rev, ST, Rev, Rev; strides 4, 8, 16).
 GOLDEN_ARCH = [
-    "MODEL.REVDET.EMBED_DIM", 8, "MODEL.REVDET.DEPTH", 6,
-    "MODEL.REVDET.DIM_MUL", [[1, 2.0], [3, 2.0]], "MODEL.REVDET.HEAD_MUL", [[1, 2.0], [3, 2.0]],
-    "MODEL.REVDET.POOL_Q_STRIDE", [[1, 1, 2, 2], [3, 1, 2, 2]],
+    "MVIT.EMBED_DIM", 8, "MVIT.DEPTH", 6,
+    "MVIT.DIM_MUL", [[1, 2.0], [3, 2.0]], "MVIT.HEAD_MUL", [[1, 2.0], [3, 2.0]],
+    "MVIT.POOL_Q_STRIDE", [[1, 1, 2, 2], [3, 1, 2, 2]],
     "MODEL.REVDET.OUT_FEATURES", ["scale2", "scale3", "scale4"],
     "MODEL.FPN.IN_FEATURES", ["scale2", "scale3", "scale4"],
 ]
@@ -96,7 +96,7 @@ def test_own_official_format_checkpoint_round_trips(tmp_path):
 
 @pytest.mark.skipif(not OFFICIAL.exists(), reason="golden files not available")
 def test_architecture_mismatch_is_one_error_naming_the_file():
-    model = _detector("build_rev_mvit_fpn_backbone", "MODEL.REVDET.EMBED_DIM", 16)
+    model = _detector("build_rev_mvit_fpn_backbone", "MVIT.EMBED_DIM", 16)
     with pytest.raises(CheckpointError, match=r"tiny_rev_mvit_img\.pyth.*shape mismatch"):
         RevDetCheckpointer(model).load(str(OFFICIAL))
 

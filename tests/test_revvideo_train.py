@@ -209,6 +209,25 @@ def test_kinetics_config_takes_the_released_checkpoint_layout(tmp_path, golden_d
     assert "published (REV_MVIT_B_16x4.pyth)" in table and "78.4" in table and "93.4" in table
 
 
+def test_model_keys_map_through_the_shared_mapper():
+    """MODEL.ARCH and the MVIT.* / MODEL.* / DATA.* keys build the model (as in revdet); the
+    twin config names the renamed twin; an unknown MODEL.ARCH is a config error naming it."""
+    from backbones.errors import ConfigError
+    from revvideo.model import model_config
+
+    cfg = revvideo.get_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "kinetics_mvit_b_16x4.yaml"))
+    cfg.merge_from_list(["MVIT.EMBED_DIM", 48, "MVIT.DROPPATH_RATE", -1.0, "DATA.NUM_FRAMES", 8,
+                         "MODEL.NUM_CLASSES", 600])
+    config = model_config(cfg)
+    assert cfg.MODEL.ARCH == "nonrev_mvit_b_16x4" and not config.reversible
+    assert (config.embed_dim, config.drop_path_rate, config.num_classes) == (48, 0.05, 600)
+    assert config.input_size == (8, 224, 224) and config.head_dropout == 0.5
+    cfg.MODEL.ARCH = "rev_mvit_x"
+    with pytest.raises(ConfigError, match="MODEL.ARCH: unknown model 'rev_mvit_x'"):
+        model_config(cfg)
+
+
 class _Opaque:  # pickled by reference: torch.load(weights_only=True) refuses it
     pass
 
