@@ -110,7 +110,7 @@ class SelectiveVideo(EncodedVideoPyAV):
         # numpy allocates the clip: filling a fresh 44 MB numpy array (16 frames of 720p)
         # measured 4-5x faster than a fresh torch tensor on this project's machines, where
         # page faults are expensive (numpy asks for huge pages with madvise, torch does not).
-        frames = np.stack([self._prepare(frames_by_pts[pts[i]]) for i in kept.tolist()])
+        frames = np.stack([self._prepared(frames_by_pts[pts[i]]) for i in kept.tolist()])
         if len(kept) < len(index):
             frames = frames[where.numpy()]
         video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (K, H, W, C) -> (C, K, H, W)
@@ -121,7 +121,10 @@ class SelectiveVideo(EncodedVideoPyAV):
             return torch.arange(num_decoded)
         return self._select(num_decoded, self.fps)
 
-    def _prepare(self, frame) -> np.ndarray:
+    def _prepared(self, frame) -> np.ndarray:
+        """A decoded frame converted and transformed (unless ``_decode`` already did)."""
+        if isinstance(frame, np.ndarray):
+            return frame
         rgb = self._to_rgb(frame)
         return rgb if self._frame_transform is None else self._frame_transform(torch.from_numpy(rgb)).numpy()
 
@@ -137,8 +140,9 @@ class SelectiveVideo(EncodedVideoPyAV):
 
         A window is short, so all its frames are kept until it is known how many there are.
         For the whole video, the header's frame count says in advance which frames the
-        selector will keep, and only those are held (a 10 s 720p video's other frames would
-        hold ~400 MB); if the count turns out wrong, the kept frames are decoded again.
+        selector will keep, and only those are converted as they are decoded (a 10 s 720p
+        video's other frames would hold ~400 MB; and the decoder reuses the buffers of frames
+        it no longer holds); if the count turns out wrong, the kept frames are decoded again.
         """
         start = secs_to_pts(start_sec, self._video_time_base, self._video_start_pts, round_mode="ceil")
         end = secs_to_pts(end_sec, self._video_time_base, self._video_start_pts, round_mode="ceil")
@@ -150,11 +154,12 @@ class SelectiveVideo(EncodedVideoPyAV):
         expected = self._expected_frames(start_sec, end_sec)
         guess = set(self._indices(expected).tolist()) if expected > 0 else None
         try:
-            pts, frames = self._decode(start, end, lambda i, _: guess is None or i in guess)
+            pts, frames = self._decode(start, end, lambda i, _: guess is None or i in guess,
+                                       convert=guess is not None)
             wanted = [pts[i] for i in self._indices(len(pts)).tolist()] if pts else []
             if any(p not in frames for p in wanted):  # the header's frame count was wrong
                 wanted = set(wanted)
-                _, frames = self._decode(start, end, lambda _, p: p in wanted)
+                _, frames = self._decode(start, end, lambda _, p: p in wanted, convert=True)
         except Exception as e:  # noqa: BLE001 - as pytorchvideo: no frames, the caller reports it
             logger.debug(f"Failed to decode video: {self._video_name}. {e}")
             return None
@@ -165,10 +170,11 @@ class SelectiveVideo(EncodedVideoPyAV):
         whole = start_sec <= 0 and end_sec > self.duration
         return (self._container.streams.video[0].frames or 0) if whole else 0
 
-    def _decode(self, start: int, end: int, keep: Callable[[int, int], bool]):
+    def _decode(self, start: int, end: int, keep: Callable[[int, int], bool], convert: bool = False):
         """Seeks and decodes as pytorchvideo's ``_pyav_decode_stream`` does: the sorted PTS of
         the frames with PTS in ``[start, end)``, and by PTS (the last of equal PTS) the frames
-        for which ``keep(position among the PTS so far, PTS)`` holds."""
+        for which ``keep(position among the PTS so far, PTS)`` holds, ``_prepared`` if
+        ``convert``."""
         stream = self._container.streams.video[0]
         self._container.seek(int(max(start - 1024, 0)), any_frame=False, backward=True, stream=stream)
         seen: set = set()
@@ -178,6 +184,6 @@ class SelectiveVideo(EncodedVideoPyAV):
                 break
             if frame.pts >= start:
                 if frame.pts in frames or keep(len(seen), frame.pts):
-                    frames[frame.pts] = frame
+                    frames[frame.pts] = self._prepared(frame) if convert else frame
                 seen.add(frame.pts)
         return sorted(seen), frames

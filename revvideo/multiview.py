@@ -47,10 +47,9 @@ compat.apply()
 
 from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from pytorchvideo.transforms import Normalize  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
 
-from .transforms import scale_short_side  # noqa: E402
+from .transforms import NormalizeClips, scale_short_side  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class TestViews:
         self.num_clips, self.num_crops = num_clips, num_crops
         self.crop_size = crop_size
         self.short_side = short_side if num_crops == 1 else crop_size
-        self.normalize = Normalize(tuple(mean), tuple(std), inplace=True)
+        self.normalize = NormalizeClips(mean, std)
 
     @classmethod
     def from_config(cls, cfg, num_clips: int = 0, num_crops: int = 0) -> "TestViews":
@@ -138,8 +137,7 @@ class TestViews:
         # stacking fresh float tensors.
         views = torch.from_numpy(np.empty((len(crops), *crops[0].shape), dtype=np.float32))
         for view, crop in zip(views, crops):
-            torch.div(crop.contiguous(), 255.0, out=view)  # Div255 (contiguous: see ToUnitFloat)
-            self.normalize(view)  # in place
+            self.normalize(crop, out=view)
         sample["video"] = views
         return sample
 

@@ -29,6 +29,7 @@ from revvideo.decoding import SelectiveVideo, UniformFrames
 from revvideo import multiview
 from revvideo.multiview import official_clip_indices
 from revvideo.synthetic import ShapesSpec, render_clip, write_mp4
+from revvideo.transforms import BatchMix, NormalizeClips
 
 MEAN, STD = (0.45, 0.4, 0.35), (0.225, 0.25, 0.2)
 GREY_LEVEL = 1 / 255 / min(STD)  # one grey level after normalisation
@@ -88,8 +89,8 @@ def _decode_calls(monkeypatch):
     held = []
     decode = SelectiveVideo._decode
 
-    def recording(self, *args):
-        pts, frames = decode(self, *args)
+    def recording(self, *args, **kwargs):
+        pts, frames = decode(self, *args, **kwargs)
         held.append(len(frames))
         return pts, frames
 
@@ -183,16 +184,34 @@ def test_training_clips_match_pytorchvideos_for_fixed_seeds(videos, scales):
     order = lambda items: torch.utils.data.SequentialSampler(items)  # noqa: E731
     ours = VideoDataset(rows, RandomClipSampler(clip_duration(cfg)), order,
                         revvideo.transforms.train_transform(cfg), frame_selector=UniformFrames(6))
+    normalise = NormalizeClips.from_config(cfg)  # in the training step
     for seed in range(4):  # 12 clips: random starts, sizes, crops and flips
         torch.manual_seed(seed)  # transforms
         random.seed(seed)  # RandomClipSampler
-        new = [s["video"] for s in ours]
+        new = [normalise(s["video"]) for s in ours]
         torch.manual_seed(seed)
         random.seed(seed)
         ref = [s["video"] for s in _todays_train_dataset(cfg, rows, order)]
         assert len(new) == len(ref) == len(rows)
         for a, b in zip(new, ref):
             assert_within_a_grey_level(a, b)
+
+
+@pytest.mark.parametrize("aug", [False, True])
+def test_the_step_gives_the_model_the_floats_the_loader_used_to(videos, aug):
+    """The loader delivers uint8 clips (or [0, 1] floats after RandAugment); ``BatchMix``
+    normalises the batch: exactly the floats of normalising each clip in the loader."""
+    data_dir, _ = videos
+    cfg = cfg_for(data_dir, **{"AUG.ENABLE": aug, "MIXUP.ENABLE": False})
+    torch.manual_seed(0)
+    random.seed(0)
+    clips = [s["video"] for s in build_train_dataset(cfg)]
+    assert all(c.dtype == (torch.float32 if aug else torch.uint8) for c in clips)
+    assert aug or all(c.is_contiguous() for c in clips)  # collated without a transposing copy
+    batch = torch.utils.data.default_collate(clips)
+    videos_in, _ = BatchMix.from_config(cfg)(batch, torch.zeros(len(clips), dtype=torch.long))
+    in_loader = Compose([Normalize(MEAN, STD)] if aug else [Div255(), Normalize(MEAN, STD)])
+    assert torch.equal(videos_in, torch.stack([in_loader(c) for c in clips]))
 
 
 def _official_frames(num_video_frames, fps):
