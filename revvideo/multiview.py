@@ -44,7 +44,6 @@ import logging
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from . import compat
@@ -55,7 +54,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
 
-from .transforms import NormalizeClips, scale_short_side  # noqa: E402
+from .transforms import NormalizeClips, numpy_allocated, scale_short_side  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +148,8 @@ class TestViews:
         crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)  # one crop: the prepared frames
         crops = [uniform_crop(clip, self.crop_size, i)
                  for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
-        # Copied into one numpy-allocated tensor (see revvideo.decoding) instead of stacked.
-        numpy_dtype = np.uint8 if clips.dtype == torch.uint8 else np.float32
-        views = torch.from_numpy(np.empty((len(crops), *crops[0].shape), dtype=numpy_dtype))
+        # copied into one numpy-allocated tensor instead of stacked
+        views = numpy_allocated((len(crops), *crops[0].shape), clips.dtype)
         for view, crop in zip(views, crops):
             view.copy_(crop)
         sample["video"] = views

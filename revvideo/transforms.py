@@ -36,6 +36,7 @@ import math
 import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import Compose, RandomCrop, RandomHorizontalFlip
@@ -47,6 +48,15 @@ compat.apply()
 from pytorchvideo import transforms as ptv_transforms  # noqa: E402
 from pytorchvideo.transforms import ApplyTransformToKey, MixVideo, Permute, RandAugment  # noqa: E402
 from pytorchvideo.transforms.functional import convert_to_one_hot  # noqa: E402
+
+
+def numpy_allocated(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory numpy allocates. numpy asks for transparent
+    huge pages (madvise), torch's CPU allocator does not: normalising a 16x224x224 clip into
+    fresh memory measured 0.7-1.1 ms this way and 5-9 ms into ``torch.empty`` on this
+    project's machines, where page faults dominate (``THP_MEM_ALLOC_ENABLE=1`` did not
+    help)."""
+    return torch.from_numpy(np.empty(tuple(shape), dtype=torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 def scale_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -89,7 +99,7 @@ class Contiguous(torch.nn.Module):
     """The clip copied to contiguous ``(C, T, H, W)`` memory (see ``ToUnitFloat``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous()
+        return numpy_allocated(x.shape, x.dtype).copy_(x)
 
 
 class NormalizeClips:
@@ -113,7 +123,8 @@ class NormalizeClips:
 
     def __call__(self, clips: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         if out is None:
-            out = torch.empty(clips.shape, dtype=torch.float32, device=clips.device)
+            out = (numpy_allocated(clips.shape) if clips.device.type == "cpu"
+                   else torch.empty(clips.shape, dtype=torch.float32, device=clips.device))
         out.copy_(clips)
         if self.max_value != 1.0:
             out.div_(self.max_value)

@@ -55,7 +55,7 @@ def test_benchmark_video_loading_tiny(tmp_path):
          "--test-videos", 1, "--rounds", 2, "--out", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["pipeline"]: r for r in results["loading"]}
-    assert len(rows) == len(results["loading"]) == 11 and rows["floor"]["ratio"] == 1.0
+    assert len(rows) == len(results["loading"]) == 12 and rows["floor"]["ratio"] == 1.0
     for r in rows.values():  # each ratio pairs the rounds of the pipeline and its reference
         ref = rows[r["reference"]]["rounds_per_s"]
         ratios = sorted(a / b for a, b in zip(r["rounds_per_s"], ref))

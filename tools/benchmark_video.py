@@ -15,7 +15,8 @@ same through pytorchvideo's ``EncodedVideoPyAV`` (the "before"), the training pi
 batches, not here): the loader's uint8 clips, the same normalised in this process as the
 training step does (``revvideo.transforms.NormalizeClips``), with ``DATA.DECODING_THREADS``
 2 and with 2 loader workers; and the test views (the whole video decoded once, 5 clips x 1
-crop) against one full decode of the video. Every pipeline runs once per round on the same
+crop; uint8, and normalised as ``MultiViewClassifier`` does) against one full decode of the
+video. Every pipeline runs once per round on the same
 random clips (interleaved), and each ratio is the median over rounds of a ratio taken
 within a round. ``--pipelines`` runs some of them (with their references).
 
@@ -94,8 +95,10 @@ PIPELINES = {
     "train_2_workers_threads": ("revvideo train, 2 loader workers, DATA.DECODING_THREADS 2",
                                 "clips/s", "train_2_workers", 1.0),
     "full_decode": ("decode every frame of the video (no RGB)", "videos/s", "full_decode", 1.0),
-    "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224", "videos/s",
-             "full_decode", 1.0),
+    "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224 (uint8 views)",
+             "videos/s", "full_decode", 1.0),
+    "test_normalised": ("revvideo test views, then normalised here as by MultiViewClassifier",
+                        "videos/s", "full_decode", 1.0),
 }
 WORKERS = {"train_2_workers": 2, "train_2_workers_threads": 2}
 THREADS = {"train_threads": 2, "train_2_workers_threads": 2}
@@ -219,9 +222,10 @@ def pipeline_items(key: str, paths: List[str]):
         return floor_clips(paths, seconds)
     if key == "full_decode":
         return full_decodes(paths)
-    if key == "train_normalised":
-        normalise = NormalizeClips.from_config(cfg)
-        return (dict(sample, video=normalise(sample["video"])) for sample in pipeline_items("train", paths))
+    if key in ("train_normalised", "test_normalised"):
+        normalise = NormalizeClips(cfg.DATA.MEAN, cfg.DATA.STD)  # uint8 clips and views
+        unnormalised = pipeline_items(key.split("_")[0], paths)
+        return (dict(sample, video=normalise(sample["video"])) for sample in unnormalised)
     if key == "test":
         dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
     elif key == "pytorchvideo":
