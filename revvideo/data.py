@@ -32,8 +32,6 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 from torch.utils.data import DataLoader
-
-from backbones.errors import UserError
 from torch.utils.data.distributed import DistributedSampler
 
 from backbones.errors import UserError
