@@ -32,8 +32,6 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 from torch.utils.data import DataLoader
-
-from backbones.errors import UserError
 from torch.utils.data.distributed import DistributedSampler
 
 from backbones.errors import UserError
@@ -384,13 +382,10 @@ def build_test_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset:
     from .transforms import KeepKeys
 
     videos = videos or read_split(cfg, cfg.DATA.TEST_SPLIT)
-    views = TestViews(cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, cfg.DATA.TARGET_FPS,
-                      cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS,
-                      cfg.DATA.TRAIN_JITTER_SCALES[0], cfg.DATA.TEST_CROP_SIZE,
-                      cfg.DATA.MEAN, cfg.DATA.STD)
+    views = TestViews.from_config(cfg)
     return VideoDataset(videos.videos, WholeVideoSampler(), lambda items: InferenceSampler(len(items)),
-                        KeepKeys(views.views_of_selected), cfg.DATA.MIN_FRAMES, views.select,
-                        cfg.DATA.DECODING_THREADS, views.scale_frame)
+                        KeepKeys(views.views_of_prepared), cfg.DATA.MIN_FRAMES, views.select,
+                        cfg.DATA.DECODING_THREADS, views.prepare_frame)
 
 
 def build_test_loader(cfg, dataset: Optional[VideoDataset] = None) -> DataLoader:

@@ -54,7 +54,7 @@ from .config import check_solver  # noqa: E402
 from .data import (build_test_dataset, build_test_loader, build_train_dataset,  # noqa: E402
                    build_train_loader, per_process_batch, read_split)
 from .model import MultiViewClassifier, build_model  # noqa: E402
-from .multiview import MultiViewEvaluator, format_results  # noqa: E402
+from .multiview import MultiViewEvaluator, TestViews, format_results  # noqa: E402
 from .transforms import BatchMix, soft_cross_entropy  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,8 @@ def evaluate(cfg, model: torch.nn.Module, videos=None) -> "OrderedDict[str, floa
     device = next(model.parameters()).device
     logger.info(f"Evaluating on {len(dataset.video_paths)} videos ({cfg.DATA.TEST_SPLIT} split), "
                 f"{cfg.TEST.NUM_ENSEMBLE_VIEWS} clips x {cfg.TEST.NUM_SPATIAL_CROPS} crops per video")
-    results = inference_on_dataset(MultiViewClassifier(model, device), loader, evaluator)
+    normalize = TestViews.from_config(cfg).normalize  # the loader's views are uint8
+    results = inference_on_dataset(MultiViewClassifier(model, device, normalize), loader, evaluator)
     if comm.is_main_process() and results:
         logger.info("Results:\n" + format_results(results, cfg))
         if cfg.OUTPUT_DIR:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -87,14 +87,19 @@ def _describe(model: backbones.MViT) -> str:
 
 
 class MultiViewClassifier(nn.Module):
-    """Evaluation wrapper: ``{"video": (B, V, C, T, H, W)}`` -> softmax scores ``(B, V, K)``."""
+    """Evaluation wrapper: ``{"video": (B, V, C, T, H, W)}`` -> softmax scores ``(B, V, K)``.
+    ``normalize`` makes the test loader's uint8 views the model's input, on the device
+    (``revvideo.multiview.TestViews.normalize``)."""
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, device: torch.device,
+                 normalize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         super().__init__()
-        self.model, self.device = model, device
+        self.model, self.device, self.normalize = model, device, normalize
 
     def forward(self, batch: Dict) -> torch.Tensor:
         videos = batch["video"].to(self.device, non_blocking=True)
+        if self.normalize is not None:
+            videos = self.normalize(videos)
         b, v = videos.shape[:2]
         logits = self.model(videos.flatten(0, 1))
         return torch.softmax(logits.float(), dim=-1).view(b, v, -1)

@@ -55,15 +55,12 @@ def test_benchmark_video_loading_tiny(tmp_path):
          "--test-videos", 1, "--rounds", 2, "--out", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["pipeline"]: r for r in results["loading"]}
-    assert len(rows) == len(results["loading"]) == 10 and rows["floor"]["ratio"] == 1.0
+    assert len(rows) == len(results["loading"]) == 12 and rows["floor"]["ratio"] == 1.0
     for r in rows.values():  # each ratio pairs the rounds of the pipeline and its reference
         ref = rows[r["reference"]]["rounds_per_s"]
         ratios = sorted(a / b for a, b in zip(r["rounds_per_s"], ref))
         assert r["ratio"] == pytest.approx(sum(ratios) / 2) and r["rounds"] == 2
     assert rows["test"]["reference"] == "full_decode" and rows["train_2_workers"]["reference"] == "train"
-    targets = {t["pipeline"]: t for t in results["loading_targets"]}
-    assert sorted(targets) == ["decode", "test", "train", "train_2_workers"]
-    assert all(t["met"] == (rows[k]["ratio"] >= t["target"]) for k, t in targets.items())
 
 
 def test_benchmark_det_memory_tiny(tmp_path):

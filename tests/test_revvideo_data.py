@@ -97,7 +97,7 @@ def test_train_dataset_output_shapes(shapes_dir):
     assert len(samples) == SPEC.num_train
     assert sorted(s["video_index"] for s in samples) == list(range(SPEC.num_train))
     s = samples[0]
-    assert s["video"].shape == (3, 4, 20, 20) and s["video"].dtype == torch.float32
+    assert s["video"].shape == (3, 4, 20, 20) and s["video"].dtype == torch.uint8  # normalised by the step
     assert 0 <= s["label"] < 6 and s["fps"] == pytest.approx(30.0)
     batch = next(iter(build_train_loader(cfg, dataset=dataset)))
     assert batch["video"].shape == (4, 3, 4, 20, 20) and batch["label"].shape == (4,)

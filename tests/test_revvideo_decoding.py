@@ -24,11 +24,14 @@ from pytorchvideo.data.encoded_video_pyav import EncodedVideoPyAV
 from pytorchvideo.transforms import (ApplyTransformToKey, Div255, Normalize, RandomShortSideScale,
                                      ShortSideScale, UniformTemporalSubsample)
 from pytorchvideo.transforms.functional import uniform_crop
-from revvideo.data import VideoDataset, build_test_dataset, build_train_dataset, clip_duration
+from revvideo.data import (VideoDataset, build_test_dataset, build_test_loader, build_train_dataset,
+                           clip_duration)
 from revvideo.decoding import SelectiveVideo, UniformFrames
+from revvideo.model import MultiViewClassifier
 from revvideo import multiview
 from revvideo.multiview import official_clip_indices
 from revvideo.synthetic import ShapesSpec, render_clip, write_mp4
+from revvideo.transforms import BatchMix, NormalizeClips
 
 MEAN, STD = (0.45, 0.4, 0.35), (0.225, 0.25, 0.2)
 GREY_LEVEL = 1 / 255 / min(STD)  # one grey level after normalisation
@@ -88,8 +91,8 @@ def _decode_calls(monkeypatch):
     held = []
     decode = SelectiveVideo._decode
 
-    def recording(self, *args):
-        pts, frames = decode(self, *args)
+    def recording(self, *args, **kwargs):
+        pts, frames = decode(self, *args, **kwargs)
         held.append(len(frames))
         return pts, frames
 
@@ -183,16 +186,34 @@ def test_training_clips_match_pytorchvideos_for_fixed_seeds(videos, scales):
     order = lambda items: torch.utils.data.SequentialSampler(items)  # noqa: E731
     ours = VideoDataset(rows, RandomClipSampler(clip_duration(cfg)), order,
                         revvideo.transforms.train_transform(cfg), frame_selector=UniformFrames(6))
+    normalise = NormalizeClips.from_config(cfg)  # in the training step
     for seed in range(4):  # 12 clips: random starts, sizes, crops and flips
         torch.manual_seed(seed)  # transforms
         random.seed(seed)  # RandomClipSampler
-        new = [s["video"] for s in ours]
+        new = [normalise(s["video"]) for s in ours]
         torch.manual_seed(seed)
         random.seed(seed)
         ref = [s["video"] for s in _todays_train_dataset(cfg, rows, order)]
         assert len(new) == len(ref) == len(rows)
         for a, b in zip(new, ref):
             assert_within_a_grey_level(a, b)
+
+
+@pytest.mark.parametrize("aug", [False, True])
+def test_the_step_gives_the_model_the_floats_the_loader_used_to(videos, aug):
+    """The loader delivers uint8 clips (or [0, 1] floats after RandAugment); ``BatchMix``
+    normalises the batch: exactly the floats of normalising each clip in the loader."""
+    data_dir, _ = videos
+    cfg = cfg_for(data_dir, **{"AUG.ENABLE": aug, "MIXUP.ENABLE": False})
+    torch.manual_seed(0)
+    random.seed(0)
+    clips = [s["video"] for s in build_train_dataset(cfg)]
+    assert all(c.dtype == (torch.float32 if aug else torch.uint8) for c in clips)
+    assert aug or all(c.is_contiguous() for c in clips)  # collated without a transposing copy
+    batch = torch.utils.data.default_collate(clips)
+    videos_in, _ = BatchMix.from_config(cfg)(batch, torch.zeros(len(clips), dtype=torch.long))
+    in_loader = Compose([Normalize(MEAN, STD)] if aug else [Div255(), Normalize(MEAN, STD)])
+    assert torch.equal(videos_in, torch.stack([in_loader(c) for c in clips]))
 
 
 def _official_frames(num_video_frames, fps):
@@ -217,11 +238,39 @@ def test_official_test_views_match_pytorchvideos(videos, short_side):
     assert [s["video_index"] for s in samples] == [0, 1, 2]
     views = multiview.TestViews(6, 3, 30, 3, 1, short_side, 48, MEAN, STD)
     for sample, (path, _), (_, fps) in zip(samples, rows, VIDEOS):
+        assert sample["video"].dtype == torch.uint8  # normalised by MultiViewClassifier
+        new = views.normalize(sample["video"])
         whole = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]  # every frame, unscaled
-        # the decoder scaled each kept frame alone: exactly as scaling the whole clip does
-        assert torch.equal(sample["video"], views({"video": whole, "fps": fps})["video"])
+        # the decoder scaled and cropped each kept frame alone: exactly as the whole clip
+        assert torch.equal(new, views({"video": whole, "fps": fps})["video"])
         ref = _todays_test_views(path, cfg)
         if short_side == 56:  # the videos' own height: nothing is scaled, nothing may differ
-            assert torch.equal(sample["video"], ref)
+            assert torch.equal(new, ref)
         else:
-            assert_within_a_grey_level(sample["video"], ref)
+            assert_within_a_grey_level(new, ref)
+
+
+@pytest.mark.parametrize("short_side", [48, 40])  # three crops: the whole scaled frame is kept
+def test_three_crop_views_match_the_whole_video_path(videos, short_side):
+    data_dir, rows = videos
+    cfg = cfg_for(data_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "TEST.NUM_SPATIAL_CROPS": 3,
+                               "DATA.TEST_CROP_SIZE": short_side})
+    views = multiview.TestViews.from_config(cfg)
+    for sample, (path, _), (_, fps) in zip(build_test_dataset(cfg), rows, VIDEOS):
+        whole = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
+        assert sample["video"].shape == (6, 3, 6, short_side, short_side)
+        assert torch.equal(views.normalize(sample["video"]), views({"video": whole, "fps": fps})["video"])
+
+
+def test_the_evaluation_wrapper_gives_the_model_the_normalised_views(videos):
+    data_dir, rows = videos
+    cfg = cfg_for(data_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "DATA_LOADER.NUM_WORKERS": 0})
+    seen = []
+    model = lambda x: seen.append(x) or torch.zeros(len(x), 6)  # noqa: E731
+    views = multiview.TestViews.from_config(cfg)
+    wrapper = MultiViewClassifier(model, torch.device("cpu"), views.normalize)
+    for batch in build_test_loader(cfg):
+        wrapper(batch)
+    want = [views({"video": SelectiveVideo.from_path(p).get_clip(0, 100)["video"], "fps": fps})["video"]
+            for (p, _), (_, fps) in zip(rows, VIDEOS)]
+    assert torch.equal(torch.cat(seen), torch.cat(want))

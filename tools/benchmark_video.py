@@ -12,11 +12,13 @@ into the cache) through: the decoder floor (PyAV alone: seek, decode every frame
 clip's window, convert only the 16 kept frames to RGB), revvideo's decoding alone, the
 same through pytorchvideo's ``EncodedVideoPyAV`` (the "before"), the training pipeline of
 ``configs/kinetics_revmvit_b_16x4.yaml`` (without and with RandAugment; MixUp acts on
-batches, not here), with ``DATA.DECODING_THREADS`` 2 and with 2 loader workers; and the
-test views (the whole video decoded once, 5 clips x 1 crop) against one full decode of
-the video. Every pipeline runs once per round on the same random clips (interleaved), and
-each ratio is the median over rounds of a ratio taken within a round; the issue's targets
-are printed as met or not.
+batches, not here): the loader's uint8 clips, the same normalised in this process as the
+training step does (``revvideo.transforms.NormalizeClips``), with ``DATA.DECODING_THREADS``
+2 and with 2 loader workers; and the test views (the whole video decoded once, 5 clips x 1
+crop; uint8, and normalised as ``MultiViewClassifier`` does) against one full decode of the
+video. Every pipeline runs once per round on the same
+random clips (interleaved), and each ratio is the median over rounds of a ratio taken
+within a round. ``--pipelines`` runs some of them (with their references).
 
 ``memory`` runs each model in a fresh process (this script with the hidden ``--worker``
 flag): build, one warm-up training step, then the measured step (forward, cross-entropy,
@@ -82,7 +84,10 @@ PIPELINES = {
     "decode": ("revvideo decode only: 16x4 clip, 16 frames kept (uint8)", "clips/s", "floor", 1.0),
     "pytorchvideo": ("before: pytorchvideo EncodedVideoPyAV + UniformTemporalSubsample (float)",
                      "clips/s", "floor", 0.25),
-    "train": ("revvideo train: short side 256-320, crop 224, flip, normalise", "clips/s", "floor", 1.0),
+    "train": ("revvideo train loader: short side 256-320, crop 224, flip (uint8 clips)",
+              "clips/s", "floor", 1.0),
+    "train_normalised": ("revvideo train loader, each clip then normalised here as by the step",
+                         "clips/s", "floor", 1.0),
     "train_randaug": ("revvideo train + RandAugment m7-n4", "clips/s", "floor", 1.0),
     "train_threads": ("revvideo train, DATA.DECODING_THREADS 2 (FFmpeg frame threads)",
                       "clips/s", "floor", 1.0),
@@ -90,12 +95,13 @@ PIPELINES = {
     "train_2_workers_threads": ("revvideo train, 2 loader workers, DATA.DECODING_THREADS 2",
                                 "clips/s", "train_2_workers", 1.0),
     "full_decode": ("decode every frame of the video (no RGB)", "videos/s", "full_decode", 1.0),
-    "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224", "videos/s",
-             "full_decode", 1.0),
+    "test": ("revvideo test views: whole video decoded once, 5 clips x 1 crop 224 (uint8 views)",
+             "videos/s", "full_decode", 1.0),
+    "test_normalised": ("revvideo test views, then normalised here as by MultiViewClassifier",
+                        "videos/s", "full_decode", 1.0),
 }
 WORKERS = {"train_2_workers": 2, "train_2_workers_threads": 2}
 THREADS = {"train_threads": 2, "train_2_workers_threads": 2}
-TARGETS = [("decode", 0.9), ("train", 0.6), ("test", 0.8), ("train_2_workers", 1.6)]
 
 
 def _write_benchmark_video(path: Path, width: int, height: int, fps: int, seed: int) -> None:
@@ -206,7 +212,7 @@ def pipeline_items(key: str, paths: List[str]):
     from pytorchvideo.transforms import ApplyTransformToKey, UniformTemporalSubsample
     from revvideo.data import VideoDataset, VideoList, build_test_dataset, clip_duration
     from revvideo.decoding import UniformFrames
-    from revvideo.transforms import train_transform
+    from revvideo.transforms import NormalizeClips, train_transform
 
     cfg = _loading_cfg(aug=key == "train_randaug", threads=THREADS.get(key, 1))
     seconds = clip_duration(cfg)
@@ -216,6 +222,10 @@ def pipeline_items(key: str, paths: List[str]):
         return floor_clips(paths, seconds)
     if key == "full_decode":
         return full_decodes(paths)
+    if key in ("train_normalised", "test_normalised"):
+        normalise = NormalizeClips(cfg.DATA.MEAN, cfg.DATA.STD)  # uint8 clips and views
+        unnormalised = pipeline_items(key.split("_")[0], paths)
+        return (dict(sample, video=normalise(sample["video"])) for sample in unnormalised)
     if key == "test":
         dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
     elif key == "pytorchvideo":
@@ -227,6 +237,17 @@ def pipeline_items(key: str, paths: List[str]):
         dataset = VideoDataset(rows, RandomClipSampler(seconds), in_order, transform,
                                cfg.DATA.MIN_FRAMES, UniformFrames(CLIP_FRAMES), cfg.DATA.DECODING_THREADS)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=WORKERS.get(key, 0))
+
+
+def _with_references(keys: List[str]) -> set:
+    """``keys`` and the pipelines their ratios refer to, transitively."""
+    out, keys = set(), list(keys)
+    while keys:
+        key = keys.pop()
+        if key not in out:
+            out.add(key)
+            keys.append(PIPELINES[key][2])
+    return out
 
 
 def time_items(items) -> Dict[str, float]:
@@ -254,7 +275,7 @@ def run_loading(args) -> List[dict]:
     videos = loading_videos(args.videos, args.sizes)
     load_before = os.getloadavg()[0]
     rounds: Dict[tuple, List[dict]] = {}
-    keys = list(PIPELINES)
+    keys = [k for k in PIPELINES if k in _with_references(args.pipelines)]
     for r in range(args.rounds):
         for size, paths in videos.items():
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
@@ -477,18 +498,6 @@ def loading_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-def loading_targets(rows: List[dict]) -> List[dict]:
-    """The issue's targets, per video size: each a ratio measured within the same rounds."""
-    by = {(r["size"], r["pipeline"]): r for r in rows}
-    out = []
-    for size in dict.fromkeys(r["size"] for r in rows):
-        for key, target in TARGETS:
-            r = by[(size, key)]
-            out.append(dict(size=size, pipeline=key, target=target, ratio=r["ratio"],
-                            reference=r["reference"], met=r["ratio"] >= target))
-    return out
-
-
 def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
     out = [f"| model (batch {batch}, {frames}x{size}x{size}) | params | peak MB | vs MViT-B | "
            "peak MB without grads | vs MViT-B | peak MB (mmap malloc) | vs MViT-B | "
@@ -527,6 +536,8 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=24, help="loading: clips per pipeline and round")
     p.add_argument("--test-videos", type=int, default=8, help="loading: videos per test pipeline and round")
     p.add_argument("--rounds", type=int, default=3, help="loading: interleaved rounds (median)")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES),
+                   help="loading: the pipelines to time (their references are timed too)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
@@ -549,14 +560,10 @@ def main(argv=None) -> int:
     results = {}
     if args.what in ("loading", "all"):
         rows = results["loading"] = run_loading(args)
-        results["loading_targets"] = loading_targets(rows)
         load = rows[0]["load"]
         print(f"\nData loading (PyAV; H.264 {VIDEO_SECONDS} s at 25 and 30 fps; one process, "
               f"torch.set_num_threads(1); {args.rounds} rounds; load average {load[0]:.1f} -> "
               f"{load[1]:.1f}):\n" + loading_table(rows))
-        for t in results["loading_targets"]:
-            print(f"{t['size']}: {t['pipeline']} / {t['reference']} = {t['ratio']:.2f}x "
-                  f"(target >= {t['target']}x: {'met' if t['met'] else 'not met'})")
     if args.what in ("memory", "all"):
         results["memory"] = run_memory(args)
         print("\nOne training step (forward + cross-entropy + backward):\n"
