@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import CheckpointError, KeyMismatchError
 from ..mmpretrain import config_from_mmpretrain
 from ..mvit import ModelConfig, MViT, plan_layers
-from ..zoo import MODEL_CONFIGS, list_models, model_config
+from ..zoo import list_models, model_config, resolve_name
 from .files import PathLike
 from .formats import CONFIG_FIELDS, Checkpoint, read_checkpoint
 from .pos_embed import drop_class_token, resize_pos_embeds
@@ -117,8 +117,8 @@ def config_for(ckpt: Checkpoint, name: Optional[str] = None, **overrides) -> Mod
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise TypeError(f"unknown override(s) {unknown}; valid: {sorted(CONFIG_FIELDS)}")
-    if name is not None and name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if name is not None:
+        name = resolve_name(name)  # KeyError for unknown names
     if ckpt.config is not None:
         if name is not None:
             _check_name(ckpt.config, name, ckpt.path)
