@@ -17,6 +17,7 @@ evaluation hook, ``metrics.json`` and TensorBoard writers, DDP) with:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -26,7 +27,6 @@ from typing import Dict, List, Optional
 import torch
 
 from backbones.lr_decay import lr_scales
-from backbones.memory import proc_status_mb, reset_peak_rss
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -46,6 +46,21 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ memory
+def _reset_peak_rss() -> None:
+    """Reset the process's resident high-water mark to its current RSS (Linux)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> Optional[float]:
+    """The process's resident high-water mark (``VmHWM``) in MiB; None off Linux."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 class PeakMemory(HookBase):
     """Puts ``peak_mem_mb`` into the event storage after every iteration.
 
@@ -60,10 +75,10 @@ class PeakMemory(HookBase):
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            reset_peak_rss()
+            _reset_peak_rss()
 
     def after_step(self):
-        value = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda else proc_status_mb("VmHWM"))
+        value = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _peak_rss_mb()
         if value is not None:
             self.trainer.storage.put_scalar("peak_mem_mb", value, smoothing_hint=False)
 

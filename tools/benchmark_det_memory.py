@@ -10,7 +10,7 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
   less the fp32 parameter gradients that step allocates: the step's working memory;
   on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the step;
 * ``peak MB (mmap malloc)`` (CPU): the same in one more fresh process in which glibc
-  returns every freed block >= 64 KiB at once (``backbones.memory.MMAP_MALLOC_ENV``), so
+  returns every freed block >= 64 KiB at once (``measure.MMAP_MALLOC_ENV``), so
   it counts live tensors and not retained heap;
 * ``saved MB``: the activation bytes autograd keeps for backward (each storage counted
   once, parameters excluded), for the whole detector and for the backbone trunk alone
@@ -27,7 +27,7 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
 (``revdet.engine.AccumTrainer``'s ``backbones.training.Accumulator``), for Rev-MViT-B and
 MViT-B (``--variants`` to change): the first step's resident peak above the RSS before it,
 gradients included, in fresh processes with the default allocator and with mmap malloc,
-and its exact live-tensor peak (``backbones.memory.LiveTensorPeak``, in another step);
+and its exact live-tensor peak (``measure.LiveTensorPeak``, in another step);
 step time per image from ``--steps`` rounds that each time one step at N=1 and one at N
 back to back in the accumulating process (overhead: median of the per-round ratios).
 
@@ -218,7 +218,7 @@ def accum_worker(args) -> dict:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from backbones.memory import LiveTensorPeak
+    from measure import LiveTensorPeak
     from backbones.training import Accumulator
 
     torch.manual_seed(0)
@@ -335,7 +335,7 @@ def main(argv=None):
         return
     if args.accum and args.batch % args.accum:
         p.error(f"--accum {args.accum} does not divide --batch {args.batch}")
-    from backbones.memory import MMAP_MALLOC_ENV
+    from measure import MMAP_MALLOC_ENV
 
     def run(v, *extra, env=None, accum=0):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", v, "--size", str(args.size),

@@ -10,7 +10,7 @@ which prints one JSON line), so one configuration's allocations cannot inflate a
 peak. Per configuration it measures, on the CPU with 2 threads:
 
 * saved-tensor memory: the bytes of every tensor stored for backward during the forward,
-  caught with ``torch.autograd.graph.saved_tensors_hooks`` (``backbones.memory``; this
+  caught with ``torch.autograd.graph.saved_tensors_hooks`` (``tools/measure.py``; this
   includes what the reversible Function keeps via ``save_for_backward`` and the block
   inputs that non-reentrant checkpointing keeps), each storage counted once, parameters
   excluded;
@@ -30,7 +30,7 @@ peak. Per configuration it measures, on the CPU with 2 threads:
 * the same two peaks for a step whose parameters already hold gradients, as in every
   micro-batch after the first of a gradient accumulation ("peak accumulating"; above the
   model and its gradients), and that step's exact live-tensor peak
-  (``backbones.memory.LiveTensorPeak``: activations plus backward's temporaries, no
+  (``measure.LiveTensorPeak``: activations plus backward's temporaries, no
   allocator effects).
 
 A training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``;
@@ -77,7 +77,7 @@ def _release_free_heap() -> None:
 
 def _step_peak_bytes(step) -> Optional[int]:
     """Peak RSS of one ``step()`` above the RSS just before it."""
-    from backbones.memory import proc_status_mb, reset_peak_rss
+    from measure import proc_status_mb, reset_peak_rss
 
     _release_free_heap()
     if not reset_peak_rss():
@@ -95,7 +95,7 @@ def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
     import torch.nn.functional as F
 
     import backbones
-    from backbones.memory import checkpoint_layers, saved_tensor_meter
+    from measure import checkpoint_layers, saved_tensor_meter
 
     _, zoo_name, use_checkpoint = VARIANTS[variant]
     model = backbones.build(zoo_name, rev_backprop=True, depth=depth,
@@ -130,7 +130,7 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
     import torch
 
-    from backbones.memory import LiveTensorPeak
+    from measure import LiveTensorPeak
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -219,7 +219,7 @@ def sweep_ratios(a: List[float], b: List[float]) -> dict:
 def run_config(variant: str, depth: int, args) -> dict:
     """One configuration: a fresh process with the default allocator (time, saved tensors,
     peak), then a fresh memory-only process with large blocks always mmapped (peak)."""
-    from backbones.memory import MMAP_MALLOC_ENV
+    from measure import MMAP_MALLOC_ENV
 
     r = _run_worker_process(variant, depth, args, args.steps)
     if "error" not in r:

@@ -24,7 +24,7 @@ backward). It reports the peak resident memory of the measured step above the re
 memory just before it (``/proc/self/clear_refs`` then ``VmHWM``; freed heap returned
 with ``malloc_trim`` first), that peak without the fp32 parameter gradients, the same peak
 in one more fresh process in which glibc returns every freed block >= 64 KiB at once
-(``backbones.memory.MMAP_MALLOC_ENV``: live tensors only, no heap fragmentation; the
+(``measure.MMAP_MALLOC_ENV``: live tensors only, no heap fragmentation; the
 CPU analogue of ``torch.cuda.max_memory_allocated``), the bytes of tensors saved for
 backward during the forward (exact activation memory, each storage counted once), and the
 step time. Absolute numbers are noisy on a small shared machine; the ratios come from the
@@ -38,7 +38,7 @@ forward + cross-entropy + backward of every micro-batch (no optimizer update, wh
 the same either way). Each (model, N) runs in fresh processes: the step's resident peak
 above the RSS before it (gradients included, after a warm-up step and ``malloc_trim``), the
 same with mmap malloc, and the exact live-tensor peak of the step
-(``backbones.memory.LiveTensorPeak``). Step time per clip: in the accumulating process,
+(``measure.LiveTensorPeak``). Step time per clip: in the accumulating process,
 ``--steps`` rounds each timing one step at N=1 and one at N=``--accum`` back to back;
 the overhead is the median of the per-round ratios.
 """
@@ -298,7 +298,7 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
     import torch
 
     import backbones
-    from backbones.memory import proc_status_mb, reset_peak_rss, saved_tensor_meter
+    from measure import proc_status_mb, reset_peak_rss, saved_tensor_meter
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(0)
@@ -358,7 +358,7 @@ def _memory_worker(variant: str, args, env=None) -> dict:
 
 
 def run_memory(args) -> List[dict]:
-    from backbones.memory import MMAP_MALLOC_ENV
+    from measure import MMAP_MALLOC_ENV
 
     rows = []
     for variant in MEMORY_VARIANTS:
@@ -385,7 +385,7 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
     import torch
 
     import backbones
-    from backbones.memory import LiveTensorPeak, proc_status_mb, reset_peak_rss
+    from measure import LiveTensorPeak, proc_status_mb, reset_peak_rss
     from backbones.training import Accumulator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -429,7 +429,7 @@ def _accum_worker(variant: str, accum: int, args, time_steps: int = 0, env=None)
 
 
 def run_accum(args) -> List[dict]:
-    from backbones.memory import MMAP_MALLOC_ENV
+    from measure import MMAP_MALLOC_ENV
 
     rows = []
     for variant in ACCUM_VARIANTS:

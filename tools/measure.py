@@ -1,14 +1,25 @@
-"""Measuring memory: the bytes autograd keeps for backward, and the process's peak RSS.
+"""What the benchmark scripts (``tools/benchmark_*.py``) and the memory tests measure with.
 
-Used by the tests and the benchmark scripts, so every number in the README is measured
-the same way (see design.md, "Measuring").
+Memory: the bytes autograd keeps for backward (``saved_tensor_meter``), the exact peak of
+live tensors (``LiveTensorPeak``) and a step's peak resident memory (``step_peak_mb``), all
+measured the same way for every number in the README (see its "Measuring" notes). Process:
+each configuration runs in a fresh worker process (``run_fresh``) that prints one JSON line.
+Results: ratios paired within the same rounds (``paired_ratios``) and markdown tables
+(``markdown_table``). The scripts import it as ``measure`` (they run from ``tools/``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
 import weakref
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,10 +29,16 @@ from torch.utils.checkpoint import checkpoint
 
 
 class SavedTensorMeter:
-    """Sum of the distinct storages saved for backward (``total_bytes``) while active."""
+    """Sum of the distinct storages saved for backward (``total_bytes``) while active.
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+    Meters that share ``seen`` (a set of storage addresses) count a storage only in the
+    first of them that sees it; the innermost active ``saved_tensors_hooks`` packs, so a
+    meter entered around a submodule takes that submodule's tensors from an outer one.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = (), seen: Optional[set] = None):
         self.excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self.seen = set() if seen is None else seen
         self.storages = {}
 
     def _pack(self, tensor):
@@ -29,9 +46,15 @@ class SavedTensorMeter:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
             return tensor
-        if storage.data_ptr() not in self.excluded:
-            self.storages[storage.data_ptr()] = storage.nbytes()
+        key = storage.data_ptr()
+        if key not in self.excluded and key not in self.seen:
+            self.seen.add(key)
+            self.storages[key] = storage.nbytes()
         return tensor
+
+    def hooks(self):
+        """The ``saved_tensors_hooks`` context that feeds this meter."""
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     @property
     def total_bytes(self) -> int:
@@ -48,7 +71,7 @@ def saved_tensor_meter(exclude: Iterable[torch.Tensor] = ()) -> Iterator[SavedTe
     the parameters, which are not activations) are not counted.
     """
     meter = SavedTensorMeter(exclude)
-    with torch.autograd.graph.saved_tensors_hooks(meter._pack, lambda t: t):
+    with meter.hooks():
         yield meter
 
 
@@ -126,6 +149,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
+
+def release_heap() -> None:
+    """Hand memory freed earlier back to the OS, so the RSS before a measured step holds
+    only live data and the step cannot hide its peak in retained free pages."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def step_peak_mb(step: Callable[[], object]) -> Optional[float]:
+    """Peak resident memory of ``step()`` above the RSS just before it, in MiB (heap
+    released first, ``VmHWM`` reset); None where ``/proc`` cannot tell (off Linux)."""
+    release_heap()
+    if not reset_peak_rss():
+        return None
+    before = proc_status_mb("VmRSS")
+    step()
+    hwm = proc_status_mb("VmHWM")
+    return None if before is None or hwm is None else hwm - before
+
 class Checkpointed(nn.Module):
     """A ``(x, thw)`` layer recomputed in backward (non-reentrant ``torch.utils.checkpoint``)."""
 
@@ -148,3 +191,40 @@ def checkpoint_layers(model: nn.Module, select: Callable[[nn.Module], bool]) -> 
             model.layers[i] = Checkpointed(layer)
             count += 1
     return count
+
+
+# ------------------------------------------------------------------ worker processes
+def run_fresh(script: str, flags: Sequence[object], env: Optional[Dict[str, str]] = None) -> dict:
+    """Run ``script`` with ``flags`` in a fresh Python process (``env`` added to this
+    one's) and return the JSON object of the last line it prints that starts with ``{``.
+    A fresh process per configuration keeps one's allocations out of another's peak."""
+    cmd = [sys.executable, os.path.abspath(script), *map(str, flags)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"{os.path.basename(script)} {' '.join(map(str, flags))}: "
+                           f"exit code {proc.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------ results
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
+    """Ratios ``a[i] / b[i]`` of measurements taken in the same round (a slow stretch of a
+    shared machine hits both sides): median, range, and in how many rounds a was smaller."""
+    ratios = [x / y for x, y in zip(a, b)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "faster": sum(r < 1 for r in ratios), "sweeps": len(ratios)}
+
+
+def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    """``value`` formatted with ``spec`` (and ``suffix``), "-" for a missing one."""
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-markdown table (``tabulate``); cells are printed as given."""
+    from tabulate import tabulate
+
+    return tabulate([list(map(str, r)) for r in rows], headers=list(headers), tablefmt="github",
+                    disable_numparse=True)
