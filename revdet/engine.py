@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from backbones.lr_decay import lr_scales
+from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -183,18 +183,15 @@ class Trainer(DefaultTrainer):
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name not in ("SGD", "ADAMW"):
             raise ValueError(f"SOLVER.OPTIMIZER must be SGD or ADAMW, got {cfg.SOLVER.OPTIMIZER!r}")
-        scales = lr_scales(model, cfg.SOLVER.LAYER_DECAY)
-        overrides = {}
-        if cfg.SOLVER.WEIGHT_DECAY_POS_EMBED >= 0:
-            wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
-            overrides = {k: {"weight_decay": wd} for k in
-                         ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")}
+        pos_embed_wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
+        overrides = ({name: {"weight_decay": pos_embed_wd} for name in POS_EMBED_NAMES}
+                     if pos_embed_wd >= 0 else {})
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            lr_factor_func=lambda param_name: scales.get(param_name, 1.0), overrides=overrides)
+            lr_factor_func=lr_factor_func(model, cfg.SOLVER.LAYER_DECAY), overrides=overrides)
         if name == "SGD":
             optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
                                         nesterov=cfg.SOLVER.NESTEROV,
