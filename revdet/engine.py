@@ -18,11 +18,14 @@ evaluation hook, ``metrics.json`` and TensorBoard writers, DDP) with:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
+import warnings
 import weakref
 from typing import Dict, List, Optional
+from unittest import mock
 
 import torch
 
@@ -30,9 +33,8 @@ from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import (DefaultTrainer, HookBase, SimpleTrainer, TrainerBase,
-                               create_ddp_model)
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -135,37 +137,49 @@ class AccumTrainer(AccumulatorState, SimpleTrainer):
         self.accumulator.step()
 
 
+@contextlib.contextmanager
+def _default_trainer_on_cpu(cfg):
+    """Let ``DefaultTrainer.__init__`` run for a CPU training: its DDP wrapper
+    (``create_ddp_model``) passes the local rank as a CUDA device, which DDP refuses for a
+    CPU model (detectron2 issue 5146), so on the CPU it gets ``device_ids=None``; and with
+    SOLVER.AMP it builds an ``AMPTrainer`` (replaced at once by ``AccumTrainer``) whose
+    CUDA ``GradScaler`` would warn that CUDA is missing."""
+    with contextlib.ExitStack() as stack:
+        if training_device(cfg) == "cpu":
+            if comm.get_world_size() > 1:
+                stack.enter_context(mock.patch.object(
+                    d2_defaults, "create_ddp_model",
+                    functools.partial(create_ddp_model, device_ids=None)))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message=r".*GradScaler")
+        yield
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with revdet's optimizer, data, evaluator and checkpointer."""
+    """``DefaultTrainer`` with revdet's optimizer, data, evaluator, step and checkpointer."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with three changes: DDP without device_ids on the CPU
-        # (Detectron2 always passes the local rank as a CUDA device), revdet's step
-        # (AccumTrainer) and checkpointer; the solver settings, then the datasets are checked
-        # first, so bad settings or data fail before the model is built.
+        # Bad settings, then missing or malformed data, fail before the model is built.
         check_solver(cfg, comm.get_world_size())
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             guard_dataset(name)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        device = training_device(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False,
-                                 **({} if device == "cuda" else {"device_ids": None}))
+        with _default_trainer_on_cpu(cfg):
+            super().__init__(cfg)
+        # DefaultTrainer.__init__ has no method to override for the step class or the
+        # checkpointer class, so revdet's replace the ones it built (nothing has run yet):
+        # AccumTrainer around the same model, loader and optimizer, and RevDetCheckpointer,
+        # also in the hooks that hold the checkpointer.
+        built = self._trainer
         amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
-        self._trainer = AccumTrainer(model, data_loader, optimizer, cfg.SOLVER.ACCUM_ITER,
-                                     amp_dtype, device)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RevDetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self._trainer = AccumTrainer(built.model, built.data_loader, built.optimizer,
+                                     cfg.SOLVER.ACCUM_ITER, amp_dtype, training_device(cfg))
+        built_checkpointer = self.checkpointer
+        self.checkpointer = RevDetCheckpointer(built.model, self.cfg.OUTPUT_DIR,
+                                               trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is built_checkpointer:
+                hook.checkpointer = self.checkpointer
 
     @classmethod
     def build_model(cls, cfg):
