@@ -18,8 +18,9 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import weakref
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -206,6 +207,19 @@ def run_fresh(script: str, flags: Sequence[object], env: Optional[Dict[str, str]
         raise RuntimeError(f"{os.path.basename(script)} {' '.join(map(str, flags))}: "
                            f"exit code {proc.returncode}: {tail}")
     return json.loads(lines[-1])
+
+
+def time_rounds(step: Callable[[int], object], settings: Sequence[int], rounds: int,
+                per: int = 1) -> Dict[int, List[float]]:
+    """Seconds of ``step(n)`` divided by ``per``, for every ``n`` in ``settings`` back to back
+    in each of ``rounds`` rounds: ``{n: [one per round]}``, pairs for ``paired_ratios``."""
+    times: Dict[int, List[float]] = {n: [] for n in settings}
+    for _ in range(rounds):
+        for n in times:
+            start = time.perf_counter()
+            step(n)
+            times[n].append((time.perf_counter() - start) / per)
+    return times
 
 
 # ------------------------------------------------------------------ results
