@@ -150,7 +150,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-
 def release_heap() -> None:
     """Hand memory freed earlier back to the OS, so the RSS before a measured step holds
     only live data and the step cannot hide its peak in retained free pages."""
@@ -169,6 +168,7 @@ def step_peak_mb(step: Callable[[], object]) -> Optional[float]:
     step()
     hwm = proc_status_mb("VmHWM")
     return None if before is None or hwm is None else hwm - before
+
 
 class Checkpointed(nn.Module):
     """A ``(x, thw)`` layer recomputed in backward (non-reentrant ``torch.utils.checkpoint``)."""
