@@ -138,20 +138,19 @@ class AccumTrainer(AccumulatorState, SimpleTrainer):
 
 
 @contextlib.contextmanager
-def _default_trainer_on_cpu(cfg):
-    """Let ``DefaultTrainer.__init__`` run for a CPU training: its DDP wrapper
-    (``create_ddp_model``) passes the local rank as a CUDA device, which DDP refuses for a
-    CPU model (detectron2 issue 5146), so on the CPU it gets ``device_ids=None``; and with
-    SOLVER.AMP it builds an ``AMPTrainer`` (replaced at once by ``AccumTrainer``) whose
-    CUDA ``GradScaler`` would warn that CUDA is missing."""
+def _default_trainer_init(cfg):
+    """Let ``DefaultTrainer.__init__`` run for revdet: its DDP wrapper (the module-level
+    ``create_ddp_model``, no method to override) passes the local rank as a CUDA device,
+    which DDP refuses for a CPU model (detectron2 issue 5146), so a CPU training gets
+    ``device_ids=None`` for this call; and with SOLVER.AMP it builds an ``AMPTrainer``
+    (replaced at once by ``AccumTrainer``) whose ``torch.cuda.amp.GradScaler`` would warn
+    (deprecated; no CUDA on the CPU)."""
     with contextlib.ExitStack() as stack:
-        if training_device(cfg) == "cpu":
-            if comm.get_world_size() > 1:
-                stack.enter_context(mock.patch.object(
-                    d2_defaults, "create_ddp_model",
-                    functools.partial(create_ddp_model, device_ids=None)))
-            stack.enter_context(warnings.catch_warnings())
-            warnings.filterwarnings("ignore", message=r".*GradScaler")
+        if training_device(cfg) == "cpu" and comm.get_world_size() > 1:
+            stack.enter_context(mock.patch.object(
+                d2_defaults, "create_ddp_model", functools.partial(create_ddp_model, device_ids=None)))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message=r".*GradScaler")
         yield
 
 
@@ -164,7 +163,7 @@ class Trainer(DefaultTrainer):
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             guard_dataset(name)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-        with _default_trainer_on_cpu(cfg):
+        with _default_trainer_init(cfg):
             super().__init__(cfg)
         # DefaultTrainer.__init__ has no method to override for the step class or the
         # checkpointer class, so revdet's replace the ones it built (nothing has run yet):
