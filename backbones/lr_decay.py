@@ -12,7 +12,7 @@ Detectron2 detector.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict
 
 from torch import nn
 
@@ -20,6 +20,8 @@ from .errors import UserError
 from .mvit import MViT
 
 _EMBEDDINGS = ("patch_embed.", "pos_embed")
+# The names of an ``MViT``'s position-embedding parameters (SOLVER.*_POS_EMBED keys act on them).
+POS_EMBED_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")
 
 
 def check_layer_decay(decay: float, key: str = "SOLVER.LAYER_DECAY") -> None:
@@ -54,3 +56,11 @@ def lr_scales(model: nn.Module, decay: float) -> Dict[str, float]:
         raise UserError("SOLVER.LAYER_DECAY needs a Rev-ViT / Rev-MViT (or twin) backbone, "
                         f"but {type(model).__name__} contains none; set it to 1.0")
     return scales
+
+
+def lr_factor_func(model: nn.Module, decay: float) -> Callable[[str], float]:
+    """``lr_scales`` as the ``lr_factor_func`` of Detectron2's ``get_default_optimizer_params``:
+    parameter name -> LR multiplier. (That function names a parameter of the root module
+    ``.name``, so a bare classifier's names are looked up without the leading dot.)"""
+    scales = lr_scales(model, decay)
+    return lambda name: scales.get(name.lstrip("."), 1.0)

@@ -26,25 +26,34 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .lr_decay import check_layer_decay
 
 Batch = TypeVar("Batch")
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def check_training_options(accum_iter: int, batch: int, batch_key: str, amp_enabled: bool,
-                           amp_dtype: str, device_type: str) -> None:
-    """Raise a ``UserError`` naming the key if the accumulation or precision settings cannot work.
+def check_solver(solver, batch: int, batch_key: str, processes: int, device_type: str,
+                 processes_name: str = "processes") -> None:
+    """Raise a ``UserError`` naming the key if ``SOLVER.LAYER_DECAY``, ``SOLVER.ACCUM_ITER``
+    or ``SOLVER.AMP`` cannot work; both tools' configs name these keys alike.
 
-    ``batch`` is the per-process batch that ``SOLVER.ACCUM_ITER`` must divide (``batch_key``
-    names where it comes from); ``device_type`` is where training runs ("cpu" or "cuda").
+    ``batch`` (the config key ``batch_key``) is shared by ``processes`` processes (counted
+    as ``processes_name``), and ``SOLVER.ACCUM_ITER`` must divide each one's share;
+    ``device_type`` is where training runs ("cpu" or "cuda").
     """
+    check_layer_decay(solver.LAYER_DECAY)
+    processes = max(processes, 1)
+    if processes > 1:
+        batch_key = f"{batch_key} ({batch}) / {processes} {processes_name}"
+    accum_iter, batch = solver.ACCUM_ITER, batch // processes
     if not isinstance(accum_iter, int) or accum_iter < 1:
         raise UserError(f"SOLVER.ACCUM_ITER must be a positive integer, got {accum_iter!r}")
     if batch % accum_iter:
         raise UserError(f"SOLVER.ACCUM_ITER {accum_iter} does not divide {batch_key} ({batch}): "
                         "every micro-batch must have the same size; choose a divisor")
-    if not amp_enabled:
+    if not solver.AMP.ENABLED:
         return
+    amp_dtype = solver.AMP.DTYPE
     if amp_dtype not in AMP_DTYPES:
         raise UserError(f"SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}")
     if amp_dtype == "float16" and device_type != "cuda":

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from backbones import training
 from backbones.config_keys import mvit_overrides
-from backbones.lr_decay import check_layer_decay
-from backbones.training import check_training_options
 from detectron2.config import CfgNode as CN
 
 
@@ -130,10 +129,5 @@ def check_solver(cfg, world_size: int = 1) -> None:
     """Raise ``backbones.errors.UserError`` naming the key if SOLVER.ACCUM_ITER,
     SOLVER.LAYER_DECAY or SOLVER.AMP cannot work with ``world_size`` processes (called
     before any data is read)."""
-    s = cfg.SOLVER
-    check_layer_decay(s.LAYER_DECAY)
-    per_process = s.IMS_PER_BATCH // max(world_size, 1)
-    where = (f"SOLVER.IMS_PER_BATCH ({s.IMS_PER_BATCH}) / {world_size} processes"
-             if world_size > 1 else "SOLVER.IMS_PER_BATCH")
-    check_training_options(s.ACCUM_ITER, per_process, where, s.AMP.ENABLED, s.AMP.DTYPE,
-                           training_device(cfg))
+    training.check_solver(cfg.SOLVER, cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", world_size,
+                          training_device(cfg))

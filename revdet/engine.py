@@ -17,22 +17,24 @@ evaluation hook, ``metrics.json`` and TensorBoard writers, DDP) with:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+import warnings
 import weakref
 from typing import Dict, List, Optional
+from unittest import mock
 
 import torch
 
-from backbones.lr_decay import lr_scales
-from backbones.memory import proc_status_mb, reset_peak_rss
+from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import (DefaultTrainer, HookBase, SimpleTrainer, TrainerBase,
-                               create_ddp_model)
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -46,6 +48,21 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ memory
+def _reset_peak_rss() -> None:
+    """Reset the process's resident high-water mark to its current RSS (Linux)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> Optional[float]:
+    """The process's resident high-water mark (``VmHWM``) in MiB; None off Linux."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 class PeakMemory(HookBase):
     """Puts ``peak_mem_mb`` into the event storage after every iteration.
 
@@ -60,10 +77,10 @@ class PeakMemory(HookBase):
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            reset_peak_rss()
+            _reset_peak_rss()
 
     def after_step(self):
-        value = (torch.cuda.max_memory_allocated() / 2**20 if self.cuda else proc_status_mb("VmHWM"))
+        value = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _peak_rss_mb()
         if value is not None:
             self.trainer.storage.put_scalar("peak_mem_mb", value, smoothing_hint=False)
 
@@ -120,37 +137,48 @@ class AccumTrainer(AccumulatorState, SimpleTrainer):
         self.accumulator.step()
 
 
+@contextlib.contextmanager
+def _default_trainer_init(cfg):
+    """Let ``DefaultTrainer.__init__`` run for revdet: its DDP wrapper (the module-level
+    ``create_ddp_model``, no method to override) passes the local rank as a CUDA device,
+    which DDP refuses for a CPU model (detectron2 issue 5146), so a CPU training gets
+    ``device_ids=None`` for this call; and with SOLVER.AMP it builds an ``AMPTrainer``
+    (replaced at once by ``AccumTrainer``) whose ``torch.cuda.amp.GradScaler`` would warn
+    (deprecated; no CUDA on the CPU)."""
+    with contextlib.ExitStack() as stack:
+        if training_device(cfg) == "cpu" and comm.get_world_size() > 1:
+            stack.enter_context(mock.patch.object(
+                d2_defaults, "create_ddp_model", functools.partial(create_ddp_model, device_ids=None)))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message=r".*GradScaler")
+        yield
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with revdet's optimizer, data, evaluator and checkpointer."""
+    """``DefaultTrainer`` with revdet's optimizer, data, evaluator, step and checkpointer."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with three changes: DDP without device_ids on the CPU
-        # (Detectron2 always passes the local rank as a CUDA device), revdet's step
-        # (AccumTrainer) and checkpointer; the solver settings, then the datasets are checked
-        # first, so bad settings or data fail before the model is built.
+        # Bad settings, then missing or malformed data, fail before the model is built.
         check_solver(cfg, comm.get_world_size())
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             guard_dataset(name)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        device = training_device(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False,
-                                 **({} if device == "cuda" else {"device_ids": None}))
+        with _default_trainer_init(cfg):
+            super().__init__(cfg)
+        # DefaultTrainer.__init__ has no method to override for the step class or the
+        # checkpointer class, so revdet's replace the ones it built (nothing has run yet):
+        # AccumTrainer around the same model, loader and optimizer, and RevDetCheckpointer,
+        # also in the hooks that hold the checkpointer.
+        built = self._trainer
         amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
-        self._trainer = AccumTrainer(model, data_loader, optimizer, cfg.SOLVER.ACCUM_ITER,
-                                     amp_dtype, device)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RevDetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self._trainer = AccumTrainer(built.model, built.data_loader, built.optimizer,
+                                     cfg.SOLVER.ACCUM_ITER, amp_dtype, training_device(cfg))
+        built_checkpointer = self.checkpointer
+        self.checkpointer = RevDetCheckpointer(built.model, self.cfg.OUTPUT_DIR,
+                                               trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is built_checkpointer:
+                hook.checkpointer = self.checkpointer
 
     @classmethod
     def build_model(cls, cfg):
@@ -168,18 +196,15 @@ class Trainer(DefaultTrainer):
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name not in ("SGD", "ADAMW"):
             raise ValueError(f"SOLVER.OPTIMIZER must be SGD or ADAMW, got {cfg.SOLVER.OPTIMIZER!r}")
-        scales = lr_scales(model, cfg.SOLVER.LAYER_DECAY)
-        overrides = {}
-        if cfg.SOLVER.WEIGHT_DECAY_POS_EMBED >= 0:
-            wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
-            overrides = {k: {"weight_decay": wd} for k in
-                         ("pos_embed", "pos_embed_spatial", "pos_embed_temporal")}
+        pos_embed_wd = cfg.SOLVER.WEIGHT_DECAY_POS_EMBED
+        overrides = ({name: {"weight_decay": pos_embed_wd} for name in POS_EMBED_NAMES}
+                     if pos_embed_wd >= 0 else {})
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            lr_factor_func=lambda param_name: scales.get(param_name, 1.0), overrides=overrides)
+            lr_factor_func=lr_factor_func(model, cfg.SOLVER.LAYER_DECAY), overrides=overrides)
         if name == "SGD":
             optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
                                         nesterov=cfg.SOLVER.NESTEROV,

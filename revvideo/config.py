@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from backbones import training
 from backbones.config_keys import mvit_overrides
-from backbones.lr_decay import check_layer_decay
-from backbones.training import check_training_options
 from detectron2.config import CfgNode as _Detectron2CfgNode
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
@@ -45,13 +44,8 @@ def training_device(cfg) -> str:
 def check_solver(cfg, processes_per_machine: int = 1) -> None:
     """Raise ``backbones.errors.UserError`` naming the key if SOLVER.ACCUM_ITER,
     SOLVER.LAYER_DECAY or SOLVER.AMP cannot work (called before any data is read)."""
-    s, batch = cfg.SOLVER, cfg.TRAIN.BATCH_SIZE
-    check_layer_decay(s.LAYER_DECAY)
-    local = max(processes_per_machine, 1)
-    where = (f"TRAIN.BATCH_SIZE ({batch}) / {local} processes per machine" if local > 1
-             else "TRAIN.BATCH_SIZE")
-    check_training_options(s.ACCUM_ITER, batch // local, where, s.AMP.ENABLED, s.AMP.DTYPE,
-                           training_device(cfg))
+    training.check_solver(cfg.SOLVER, cfg.TRAIN.BATCH_SIZE, "TRAIN.BATCH_SIZE", processes_per_machine,
+                          training_device(cfg), "processes per machine")
 
 
 _C = CN()

@@ -43,10 +43,11 @@ from detectron2.engine import SimpleTrainer, hooks  # noqa: E402
 from detectron2.engine.defaults import default_writers  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.solver import LRMultiplier, WarmupParamScheduler  # noqa: E402
+from detectron2.solver.build import get_default_optimizer_params  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler  # noqa: E402
 
-from backbones.lr_decay import lr_scales  # noqa: E402
+from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func  # noqa: E402
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState  # noqa: E402
 
 from .checkpoint import VideoCheckpointer  # noqa: E402
@@ -68,22 +69,18 @@ def resolve_device(cfg) -> torch.device:
 
 # ---------------------------------------------------------------------- optimization
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW (or SGD) with no weight decay on biases, 1-D (norm) parameters and position
-    embeddings, and the backbone's layer-wise LR decay (``SOLVER.LAYER_DECAY``): one
-    parameter group per (LR scale, weight decay)."""
+    """AdamW (or SGD) over Detectron2's parameter groups, as in revdet: no weight decay on
+    norms and biases (``SOLVER.ZERO_WD_1D_PARAM``) or position embeddings
+    (``SOLVER.ZERO_WD_POS_EMBED``), and the backbone's layer-wise LR decay
+    (``SOLVER.LAYER_DECAY``) as the LR factor of each parameter."""
     s = cfg.SOLVER
     lr = base_lr(cfg)
-    scales = lr_scales(model, s.LAYER_DECAY)
-    by_hyper: Dict[tuple, List[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = ((s.ZERO_WD_1D_PARAM and (p.ndim <= 1 or name.endswith(".bias")))
-                    or (s.ZERO_WD_POS_EMBED and "pos_embed" in name))
-        key = (scales.get(name, 1.0), 0.0 if no_decay else s.WEIGHT_DECAY)
-        by_hyper.setdefault(key, []).append(p)
-    groups = [{"params": params, "lr": lr * scale, "weight_decay": wd}
-              for (scale, wd), params in by_hyper.items()]
+    no_decay = 0.0 if s.ZERO_WD_1D_PARAM else None
+    pos_embed = {name: {"weight_decay": 0.0} for name in POS_EMBED_NAMES} if s.ZERO_WD_POS_EMBED else {}
+    groups = get_default_optimizer_params(
+        model, base_lr=lr, weight_decay=s.WEIGHT_DECAY, weight_decay_norm=no_decay,
+        weight_decay_bias=no_decay, lr_factor_func=lr_factor_func(model, s.LAYER_DECAY),
+        overrides=pos_embed)
     method = s.OPTIMIZING_METHOD.lower()
     if method == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(s.BETAS))

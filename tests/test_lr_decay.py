@@ -61,6 +61,26 @@ def test_video_groups():
     assert len(groups) == 2 and {g["lr"] for g in groups} == {lr}
 
 
+@pytest.mark.parametrize("zero_1d, zero_pos", [(False, False), (True, False), (False, True)])
+def test_video_weight_decay_switches(zero_1d, zero_pos):
+    """SOLVER.ZERO_WD_1D_PARAM exempts exactly the norms and biases (all of the model's 1-D
+    parameters), SOLVER.ZERO_WD_POS_EMBED exactly the position embeddings, each alone."""
+    from revvideo.engine import build_optimizer
+    from revvideo.model import build_model
+
+    cfg = revvideo.get_cfg()
+    cfg.merge_from_file(str(ROOT / "configs" / "demo_video_revmvit.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.ZERO_WD_1D_PARAM", zero_1d,
+                         "SOLVER.ZERO_WD_POS_EMBED", zero_pos])
+    model = build_model(cfg)
+    got = hyperparams(build_optimizer(cfg, model))
+    for name, p in model.named_parameters():
+        no_decay = (zero_1d and p.ndim <= 1) or (zero_pos and name.startswith("pos_embed"))
+        assert got[p] == (cfg.SOLVER.BASE_LR, 0.0 if no_decay else cfg.SOLVER.WEIGHT_DECAY), name
+    assert any(p.ndim <= 1 for p in model.parameters())
+    assert any(n.startswith("pos_embed") for n, _ in model.named_parameters())
+
+
 @pytest.mark.parametrize("backbone, trunk", [
     ("build_rev_mvit_fpn_backbone", "backbone.bottom_up.net."),
     ("build_rev_vit_simple_fpn_backbone", "backbone.net.net."),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.memory import LiveTensorPeak, saved_tensor_meter
+from measure import LiveTensorPeak, saved_tensor_meter
 from conftest import tiny_input, tiny_model
 
 

@@ -69,6 +69,44 @@ def test_errors_come_before_the_data(tmp_path, monkeypatch):
         run(tool, *opts(tmp_path / "no_such_dir", tmp_path / "out", **{"SOLVER.LAYER_DECAY": 2.0}))
 
 
+def test_detection_trainer_runs_revdet_step_and_checkpointer(tmp_path):
+    """``Trainer`` is Detectron2's ``DefaultTrainer`` with revdet's step (accumulation,
+    bf16 autocast) and checkpointer in place of the ones it builds, in the hooks too; the
+    CUDA-only AMPTrainer it builds first on the way is gone without a warning."""
+    import warnings
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+    from revdet.checkpoint import RevDetCheckpointer
+    from revdet.engine import AccumTrainer, Trainer
+    from revdet_tiny import make_coco
+
+    json_file, image_root = make_coco(tmp_path / "data", "train", 2)
+    (tmp_path / "out").mkdir()
+    name = "tiny_trainer_parts"
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
+    cfg = tiny_cfg("build_rev_mvit_fpn_backbone", "DATASETS.TRAIN", [name], "DATASETS.TEST", [],
+                   "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.IMS_PER_BATCH", 2,
+                   "SOLVER.ACCUM_ITER", 2, "SOLVER.AMP.ENABLED", True,
+                   "SOLVER.AMP.DTYPE", "bfloat16", "DATALOADER.NUM_WORKERS", 0)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = Trainer(cfg)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert not [w for w in caught if "GradScaler" in str(w.message)]
+    step = trainer._trainer
+    assert type(step) is AccumTrainer
+    assert (step.accumulator.accum_iter, step.accumulator.amp_dtype) == (2, torch.bfloat16)
+    assert type(trainer.checkpointer) is RevDetCheckpointer
+    holders = [h for h in trainer._hooks if hasattr(h, "checkpointer")]
+    assert holders and all(h.checkpointer is trainer.checkpointer for h in holders)
+    assert trainer.checkpointer.model is trainer.model
+
+
 # ------------------------------------------------------------------ bf16 on the CPU
 def _losses(trainer, steps):
     from detectron2.utils.events import EventStorage

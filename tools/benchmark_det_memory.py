@@ -10,7 +10,7 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
   less the fp32 parameter gradients that step allocates: the step's working memory;
   on CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the step;
 * ``peak MB (mmap malloc)`` (CPU): the same in one more fresh process in which glibc
-  returns every freed block >= 64 KiB at once (``backbones.memory.MMAP_MALLOC_ENV``), so
+  returns every freed block >= 64 KiB at once (``measure.MMAP_MALLOC_ENV``), so
   it counts live tensors and not retained heap;
 * ``saved MB``: the activation bytes autograd keeps for backward (each storage counted
   once, parameters excluded), for the whole detector and for the backbone trunk alone
@@ -27,7 +27,7 @@ pyramid), each measured in a fresh process (this machine's method, see design.md
 (``revdet.engine.AccumTrainer``'s ``backbones.training.Accumulator``), for Rev-MViT-B and
 MViT-B (``--variants`` to change): the first step's resident peak above the RSS before it,
 gradients included, in fresh processes with the default allocator and with mmap malloc,
-and its exact live-tensor peak (``backbones.memory.LiveTensorPeak``, in another step);
+and its exact live-tensor peak (``measure.LiveTensorPeak``, in another step);
 step time per image from ``--steps`` rounds that each time one step at N=1 and one at N
 back to back in the accumulating process (overhead: median of the per-round ratios).
 
@@ -40,14 +40,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, SavedTensorMeter, fmt,  # noqa: E402
+                     markdown_table, paired_ratios, run_fresh, step_peak_mb, time_rounds)
 
 # variant -> (registered backbone, zoo architecture, its twin); each starts from the COCO
 # config of its family (coco_revmvit.yaml recomputes the stage transitions).
@@ -60,8 +60,8 @@ VARIANTS = {
 }
 LABELS = {"rev_mvit_b": "Rev-MViT-B + FPN (transitions recomputed, coco_revmvit.yaml)",
           "rev_mvit_b_stored": "Rev-MViT-B + FPN (transitions stored, as the official model)",
-          "mvit_b": "MViT-B + FPN",
-          "rev_vit_b": "Rev-ViT-B + simple pyramid", "vit_b": "ViT-B + simple pyramid"}
+          "mvit_b": "Rev-MViT-B's non-reversible twin + FPN",
+          "rev_vit_b": "Rev-ViT-B + simple pyramid", "vit_b": "ViT-B (Rev-ViT-B's twin) + simple pyramid"}
 
 
 # ---------------------------------------------------------------------- worker side
@@ -74,10 +74,10 @@ def _build(variant: str, device: str):
     cfg = revdet.add_revdet_config(get_cfg())
     name = "coco_revvit_b.yaml" if "vit_b" in variant and "mvit" not in variant else "coco_revmvit.yaml"
     cfg.merge_from_file(os.path.join(ROOT, "configs", name))
-    cfg.merge_from_list(["MODEL.BACKBONE.NAME", backbone, "MODEL.REVDET.ARCH", arch,
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", backbone, "MODEL.ARCH", arch,
                          "MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
     if variant.endswith("_stored"):
-        cfg.merge_from_list(["MODEL.REVDET.RECOMPUTE_TRANSITIONS", False])
+        cfg.merge_from_list(["MODEL.RECOMPUTE_TRANSITIONS", False])
     return build_model(cfg).train()
 
 
@@ -102,43 +102,6 @@ def _batch(size: int, batch: int, device: str, seed: int = 0):
     return out
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-
-
-class SavedBytes:
-    """Bytes of the activations autograd saves for backward, each storage counted once
-    (parameters, which backward also holds on to, are not counted: ``exclude``)."""
-
-    def __init__(self, seen=None, exclude=()):
-        import torch
-
-        self.seen = set(exclude) if seen is None else seen
-        self.bytes = 0
-        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-
-    def pack(self, t):
-        try:
-            storage = t.untyped_storage()
-            key = (storage.data_ptr(), storage.nbytes())
-        except (RuntimeError, NotImplementedError):
-            return t
-        if key not in self.seen:
-            self.seen.add(key)
-            self.bytes += key[1]
-        return t
-
-
 def worker(args) -> dict:
     import torch
     from detectron2.utils.events import EventStorage
@@ -151,21 +114,20 @@ def worker(args) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     batch = _batch(args.size, args.batch, device)
     cuda = device.startswith("cuda")
-    param_storages = {(p.untyped_storage().data_ptr(), p.untyped_storage().nbytes())
-                      for p in model.parameters()}
 
     def step(measure_saved: bool, update: bool = True):
-        # Hooks nest (the innermost one packs), so the trunk's tensors go to saved_trunk
-        # only; a shared `seen` set counts a storage saved in both parts once.
-        saved_all = SavedBytes(exclude=param_storages)
-        saved_trunk = SavedBytes(saved_all.seen)
+        # Hooks nest (the innermost one packs), so the trunk's tensors go to its meter
+        # only; the shared `seen` set counts a storage saved in both parts once.
+        saved_rest = SavedTensorMeter(exclude=model.parameters())
+        saved_trunk = SavedTensorMeter(exclude=model.parameters(), seen=saved_rest.seen)
+        trunk_hooks = saved_trunk.hooks()
         handles = []
         if measure_saved:
-            handles = [trunk.register_forward_pre_hook(lambda *a: saved_trunk.ctx.__enter__()),
-                       trunk.register_forward_hook(lambda *a: saved_trunk.ctx.__exit__(None, None, None))]
+            handles = [trunk.register_forward_pre_hook(lambda *a: trunk_hooks.__enter__()),
+                       trunk.register_forward_hook(lambda *a: trunk_hooks.__exit__(None, None, None))]
         with EventStorage(0):
             if measure_saved:
-                with saved_all.ctx:
+                with saved_rest.hooks():
                     losses = model(batch)
             else:
                 losses = model(batch)
@@ -175,7 +137,8 @@ def worker(args) -> dict:
         if update:
             opt.step()
         opt.zero_grad(set_to_none=False)
-        return (saved_all.bytes + saved_trunk.bytes) / 2**20, saved_trunk.bytes / 2**20
+        return ((saved_rest.total_bytes + saved_trunk.total_bytes) / 2**20,
+                saved_trunk.total_bytes / 2**20)
 
     # Peak: the first step, in a process that has only built the model and the batch.
     # (A later step would start from an RSS that still holds the memory the previous step
@@ -186,16 +149,11 @@ def worker(args) -> dict:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_mb()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    step(False, update=False)
-    if cuda:
+        step(False, update=False)
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 - grad_mb
     else:
-        peak = _hwm_mb() - base - grad_mb
+        peak = step_peak_mb(lambda: step(False, update=False)) - grad_mb
     if args.peak_only:
         return {"variant": args.variant, "peak_mb": peak}
     saved = step(True)
@@ -218,7 +176,6 @@ def accum_worker(args) -> dict:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from backbones.memory import LiveTensorPeak
     from backbones.training import Accumulator
 
     torch.manual_seed(0)
@@ -232,74 +189,47 @@ def accum_worker(args) -> dict:
         with EventStorage(0):
             acc.backward(acc.split(batch), model)
 
-    base = _rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    step(args.accum)  # the first step: see worker()
-    peak = _hwm_mb() - base
+    peak = step_peak_mb(lambda: step(args.accum))  # the first step: see worker()
     if args.peak_only:
         return {"variant": args.variant, "peak_mb": peak}
     with LiveTensorPeak() as live:
         step(args.accum)
-    times = {1: [], args.accum: []}
-    for _ in range(args.steps):
-        for n in times:
-            t = time.perf_counter()
-            step(n)
-            times[n].append((time.perf_counter() - t) / args.batch)
+    times = time_rounds(step, (1, args.accum), args.steps, per=args.batch)
     row = {"variant": args.variant, "accum": args.accum, "size": args.size, "batch": args.batch,
            "peak_mb": peak, "live_mb": live.peak_bytes / 2**20}
     if args.accum > 1 and args.steps:
         row["image_s_direct"] = statistics.median(times[1])
         row["image_s_accum"] = statistics.median(times[args.accum])
-        row["accum_overhead"] = statistics.median(
-            a / b for a, b in zip(times[args.accum], times[1])) - 1
+        row["accum_overhead"] = paired_ratios(times[args.accum], times[1])["median"] - 1
     return row
 
 
 def accum_table(rows) -> str:
     twin = {r["accum"]: r for r in rows if VARIANTS[r["variant"]][2] is None}
     r0 = rows[0]
-    out = [f"| backbone (Mask R-CNN, {r0['size']}x{r0['size']}, batch {r0['batch']}) | ACCUM_ITER | "
-           "images per micro-batch | peak MB | vs twin | peak MB (mmap malloc) | vs twin | "
-           "live tensors MB | vs twin | s per image (direct / accumulating) | accumulation overhead |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    headers = [f"backbone (Mask R-CNN, {r0['size']}x{r0['size']}, batch {r0['batch']})",
+               "ACCUM_ITER", "images per micro-batch", "peak MB", "vs twin",
+               "peak MB (mmap malloc)", "vs twin", "live tensors MB", "vs twin",
+               "s per image (direct / accumulating)", "accumulation overhead"]
+    out = []
     for r in rows:
         t = twin[r["accum"]]
-        time_cols = (f"{r['image_s_direct']:.2f} / {r['image_s_accum']:.2f} | "
-                     f"{r['accum_overhead'] * 100:+.1f}%" if "accum_overhead" in r else " | ")
-        out.append(f"| {LABELS[r['variant']]} | {r['accum']} | {r['batch'] // r['accum']} | "
-                   f"{r['peak_mb']:.0f} | {r['peak_mb'] / t['peak_mb']:.2f}x | "
-                   f"{r['peak_mmap_mb']:.0f} | {r['peak_mmap_mb'] / t['peak_mmap_mb']:.2f}x | "
-                   f"{r['live_mb']:.0f} | {r['live_mb'] / t['live_mb']:.2f}x | {time_cols} |")
-    return "\n".join(out)
-
-
-def accum_targets(rows, accum: int):
-    out = []
-    by = {(r["variant"], r["accum"]): r for r in rows}
-    for r in rows:
-        twin = VARIANTS[r["variant"]][2]
-        if r["accum"] == accum and twin and (twin, accum) in by:
-            for key, what in (("peak_mb", "resident peak"), ("peak_mmap_mb", "mmap malloc"),
-                              ("live_mb", "live tensors")):
-                ratio = r[key] / by[(twin, accum)][key]
-                out.append(f"{LABELS[r['variant']]} / twin, accumulating ({what}): {ratio:.2f}x "
-                           f"(target <= 0.55x: {'met' if ratio <= 0.55 else 'not met'})")
-        if "accum_overhead" in r:
-            o = r["accum_overhead"]
-            out.append(f"{LABELS[r['variant']]}: accumulation adds {o * 100:+.1f}% step time per "
-                       f"image (target <= 5%: {'met' if o <= 0.05 else 'not met'})")
-    return out
+        timed = "accum_overhead" in r
+        out.append([LABELS[r["variant"]], r["accum"], r["batch"] // r["accum"]]
+                   + [cell for key in ("peak_mb", "peak_mmap_mb", "live_mb")
+                      for cell in (fmt(r[key], ".0f"),
+                                   fmt(r[key] / t[key] if r[key] and t[key] else None, ".2f", "x"))]
+                   + [f"{r['image_s_direct']:.2f} / {r['image_s_accum']:.2f}" if timed else "",
+                      fmt(r["accum_overhead"] * 100 if timed else None, "+.1f", "%")])
+    return markdown_table(headers, out)
 
 
 # ---------------------------------------------------------------------- driver side
 def table(rows) -> str:
     by = {r["variant"]: r for r in rows}
-    out = ["| backbone (Mask R-CNN, {}x{}, batch {}) | step s | peak MB | vs twin | peak MB "
-           "(mmap malloc) | vs twin | saved MB (detector) | saved MB (trunk) | trunk vs twin |"
-           .format(rows[0]["size"], rows[0]["size"], rows[0]["batch"]),
-           "|---|---|---|---|---|---|---|---|---|"]
+    headers = [f"backbone (Mask R-CNN, {rows[0]['size']}x{rows[0]['size']}, batch {rows[0]['batch']})",
+               "step s", "peak MB", "vs twin", "peak MB (mmap malloc)", "vs twin",
+               "saved MB (detector)", "saved MB (trunk)", "trunk vs twin"]
 
     def vs_twin(r, key):
         twin = VARIANTS[r["variant"]][2]
@@ -308,12 +238,11 @@ def table(rows) -> str:
             return "-"
         return f"{r[key] / t[key]:.2f}x" if t else "1.00x"
 
-    for r in rows:
-        mmap = "-" if r.get("peak_mmap_mb") is None else f"{r['peak_mmap_mb']:.0f}"
-        out.append(f"| {LABELS[r['variant']]} | {r['step_s']:.1f} | {r['peak_mb']:.0f} | "
-                   f"{vs_twin(r, 'peak_mb')} | {mmap} | {vs_twin(r, 'peak_mmap_mb')} | "
-                   f"{r['saved_mb']:.0f} | {r['saved_trunk_mb']:.0f} | {vs_twin(r, 'saved_trunk_mb')} |")
-    return "\n".join(out)
+    out = [[LABELS[r["variant"]], fmt(r["step_s"], ".1f"), fmt(r["peak_mb"], ".0f"),
+            vs_twin(r, "peak_mb"), fmt(r.get("peak_mmap_mb"), ".0f"), vs_twin(r, "peak_mmap_mb"),
+            fmt(r["saved_mb"], ".0f"), fmt(r["saved_trunk_mb"], ".0f"), vs_twin(r, "saved_trunk_mb")]
+           for r in rows]
+    return markdown_table(headers, out)
 
 
 def main(argv=None):
@@ -331,21 +260,18 @@ def main(argv=None):
                    help="compare N=1 with N micro-batches of --batch images (see above)")
     args = p.parse_args(argv)
     if args.variant:
-        print("RESULT " + json.dumps(accum_worker(args) if args.accum else worker(args)), flush=True)
+        print(json.dumps(accum_worker(args) if args.accum else worker(args)), flush=True)
         return
     if args.accum and args.batch % args.accum:
         p.error(f"--accum {args.accum} does not divide --batch {args.batch}")
-    from backbones.memory import MMAP_MALLOC_ENV
 
     def run(v, *extra, env=None, accum=0):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", v, "--size", str(args.size),
-               "--batch", str(args.batch), "--steps", str(0 if accum == 1 else args.steps),
-               "--device", args.device, "--accum", str(accum), *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(lines[-1][7:])
+        try:
+            return run_fresh(__file__, ["--worker", v, "--size", args.size, "--batch", args.batch,
+                                        "--steps", 0 if accum == 1 else args.steps,
+                                        "--device", args.device, "--accum", accum, *extra], env)
+        except RuntimeError as e:
+            sys.exit(f"{v} failed: {e}")
 
     if args.accum:
         variants = args.variants if args.variants != list(VARIANTS) else ["rev_mvit_b", "mvit_b"]
@@ -357,7 +283,6 @@ def main(argv=None):
                 rows[-1]["peak_mmap_mb"] = (run(v, "--peak-only", env=MMAP_MALLOC_ENV, accum=n)["peak_mb"]
                                             if args.device == "cpu" else None)
         print(accum_table(rows))
-        print("\n".join(accum_targets(rows, args.accum)))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

@@ -10,7 +10,7 @@ which prints one JSON line), so one configuration's allocations cannot inflate a
 peak. Per configuration it measures, on the CPU with 2 threads:
 
 * saved-tensor memory: the bytes of every tensor stored for backward during the forward,
-  caught with ``torch.autograd.graph.saved_tensors_hooks`` (``backbones.memory``; this
+  caught with ``torch.autograd.graph.saved_tensors_hooks`` (``measure.py``; this
   includes what the reversible Function keeps via ``save_for_backward`` and the block
   inputs that non-reentrant checkpointing keeps), each storage counted once, parameters
   excluded;
@@ -20,8 +20,7 @@ peak. Per configuration it measures, on the CPU with 2 threads:
   per-round ratios, so a slow stretch of a shared machine hits both sides of a ratio;
 * step-time ratios again from ``--sweeps`` interleaved sweeps: one more fresh process per
   depth holds all three models and runs one step of each per sweep (order rotated), so
-  the steps of a ratio run seconds, not minutes, apart - the tighter pairing, and the one
-  the step-time targets use;
+  the steps of a ratio run seconds, not minutes, apart - the tighter pairing;
 * peak process memory of one more training step above the RSS just before it
   (``clear_refs`` then ``VmHWM``), also with the fp32 parameter gradients subtracted, and
   again in a second fresh process in which glibc returns every freed block >= 64 KiB to
@@ -30,7 +29,7 @@ peak. Per configuration it measures, on the CPU with 2 threads:
 * the same two peaks for a step whose parameters already hold gradients, as in every
   micro-batch after the first of a gradient accumulation ("peak accumulating"; above the
   model and its gradients), and that step's exact live-tensor peak
-  (``backbones.memory.LiveTensorPeak``: activations plus backward's temporaries, no
+  (``measure.LiveTensorPeak``: activations plus backward's temporaries, no
   allocator effects).
 
 A training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``;
@@ -43,18 +42,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, checkpoint_layers, fmt,  # noqa: E402
+                     markdown_table, paired_ratios, run_fresh, saved_tensor_meter, step_peak_mb)
 
 MB = 1e6
 BASELINE = "vit_b"
@@ -67,27 +66,6 @@ INTERLEAVED_PAIRS = [("rev_vit_b", "vit_b_ckpt"), ("rev_vit_b", "vit_b"), ("vit_
 
 
 # --------------------------------------------------------------------------- worker side
-def _release_free_heap() -> None:
-    """Hand memory freed by earlier steps back to the OS, so the RSS before the measured
-    step holds only live data and the step cannot hide its peak in retained free pages."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _step_peak_bytes(step) -> Optional[int]:
-    """Peak RSS of one ``step()`` above the RSS just before it."""
-    from backbones.memory import proc_status_mb, reset_peak_rss
-
-    _release_free_heap()
-    if not reset_peak_rss():
-        return None
-    before = proc_status_mb("VmRSS")
-    step()
-    hwm = proc_status_mb("VmHWM")
-    return None if before is None or hwm is None else round((hwm - before) * 2**20)
-
-
 def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
     """Build ``variant`` at ``depth`` and return ``(step, params)``; ``step(measure_saved)``
     runs one training step and, if asked, meters what the forward saves for backward."""
@@ -95,7 +73,6 @@ def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
     import torch.nn.functional as F
 
     import backbones
-    from backbones.memory import checkpoint_layers, saved_tensor_meter
 
     _, zoo_name, use_checkpoint = VARIANTS[variant]
     model = backbones.build(zoo_name, rev_backprop=True, depth=depth,
@@ -120,6 +97,11 @@ def _training_step(variant: str, depth: int, batch_size: int, img_size: int):
     return step, params
 
 
+def _mb(mib: Optional[float]) -> Optional[float]:
+    """MiB (what ``step_peak_mb`` reads from /proc) in this script's MB (1e6 bytes)."""
+    return None if mib is None else mib * 2**20 / MB
+
+
 def _timed(step) -> float:
     start = time.perf_counter()
     step()
@@ -130,18 +112,16 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
     """Measure one configuration in this (fresh) process; ``steps=0`` measures memory only."""
     import torch
 
-    from backbones.memory import LiveTensorPeak
-
     torch.set_num_threads(2)
     torch.manual_seed(0)
     step, params = _training_step(variant, depth, batch_size, img_size)
     grad_bytes = sum(p.numel() * p.element_size() for p in params)
     saved_bytes = step(measure_saved=True).total_bytes  # the warm-up step
     times = [_timed(step) for _ in range(steps)]
-    peak = _step_peak_bytes(step)
+    peak = _mb(step_peak_mb(step))
     for p in params:  # as after the first micro-batch of an accumulation
         p.grad = torch.zeros_like(p)
-    accum_peak = _step_peak_bytes(lambda: step(accumulate=True))
+    accum_peak = _mb(step_peak_mb(lambda: step(accumulate=True)))
     with LiveTensorPeak() as live:
         step(accumulate=True)
 
@@ -150,9 +130,9 @@ def run_worker(variant: str, depth: int, batch_size: int, img_size: int, steps: 
         "params_m": sum(p.numel() for p in params) / 1e6,
         "saved_mb": saved_bytes / MB,
         "grad_mb": grad_bytes / MB,
-        "peak_mb": None if peak is None else peak / MB,
-        "peak_above_grads_mb": None if peak is None else (peak - grad_bytes) / MB,
-        "peak_accum_mb": None if accum_peak is None else accum_peak / MB,
+        "peak_mb": peak,
+        "peak_above_grads_mb": None if peak is None else peak - grad_bytes / MB,
+        "peak_accum_mb": accum_peak,
         "live_accum_mb": live.peak_bytes / MB,
         "step_s": statistics.median(times) if times else None,
         "step_times_s": times,
@@ -179,16 +159,13 @@ def run_interleaved_worker(depth: int, batch_size: int, img_size: int, sweeps: i
 
 
 # --------------------------------------------------------------------------- driver side
-def _worker_json(flags: List[str], env=None) -> dict:
-    """Run this script as a fresh worker process with ``flags``; its JSON line, or
+def _worker_json(flags: List[object], env=None) -> dict:
+    """This script as a fresh worker process with ``flags``: its JSON line, or
     ``{"error": ...}`` with the tail of its output."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *map(str, flags)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"error": f"exit code {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    try:
+        return run_fresh(__file__, ["--worker", *flags], env)
+    except RuntimeError as e:
+        return {"error": str(e)}
 
 
 def _run_worker_process(variant: str, depth: int, args, steps: int, env=None) -> dict:
@@ -204,23 +181,14 @@ def run_interleaved(depth: int, args) -> dict:
     r = _worker_json(["--interleaved", "--depth", depth, "--batch-size", args.batch_size,
                       "--img-size", args.img_size, "--steps", args.sweeps])
     if "error" not in r:
-        r["ratios"] = {f"{a}/{b}": sweep_ratios(r["step_times_s"][a], r["step_times_s"][b])
+        r["ratios"] = {f"{a}/{b}": paired_ratios(r["step_times_s"][a], r["step_times_s"][b])
                        for a, b in INTERLEAVED_PAIRS}
     return {"depth": depth, **r}
-
-
-def sweep_ratios(a: List[float], b: List[float]) -> dict:
-    """Step-time ratios a/b of the same sweeps: median, range, and how often a was faster."""
-    ratios = [x / y for x, y in zip(a, b)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "faster": sum(r < 1 for r in ratios), "sweeps": len(ratios)}
 
 
 def run_config(variant: str, depth: int, args) -> dict:
     """One configuration: a fresh process with the default allocator (time, saved tensors,
     peak), then a fresh memory-only process with large blocks always mmapped (peak)."""
-    from backbones.memory import MMAP_MALLOC_ENV
-
     r = _run_worker_process(variant, depth, args, args.steps)
     if "error" not in r:
         m = _run_worker_process(variant, depth, args, 0, MMAP_MALLOC_ENV)
@@ -241,9 +209,9 @@ def merge_rounds(rounds: List[dict]) -> dict:
 
 
 def round_ratios(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
-    """``sweep_ratios`` of two rows' rounds: ``a``'s step time / ``b``'s in the same round;
+    """``paired_ratios`` of two rows' rounds: ``a``'s step time / ``b``'s in the same round;
     the two ran back to back, so a slow stretch of the shared machine hits both."""
-    return sweep_ratios(a["step_rounds_s"], b["step_rounds_s"]) if a and b else None
+    return paired_ratios(a["step_rounds_s"], b["step_rounds_s"]) if a and b else None
 
 
 def paired_ratio(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
@@ -266,64 +234,6 @@ def add_ratios(results: List[dict]) -> None:
         r["saved_vs_smallest_depth"] = r["saved_mb"] / s["saved_mb"]
 
 
-def check_targets(results: List[dict], depths: List[int], interleaved: List[dict]) -> List[dict]:
-    """The project's goals for Rev-ViT-B, evaluated on this run's numbers. Step-time ratios
-    come from the interleaved sweeps where they ran (the tighter pairing), else from the
-    fresh-process rounds."""
-    by = {(r["variant"], r["depth"]): r for r in results if "error" not in r}
-    sweeps = {r["depth"]: r["ratios"] for r in interleaved if "error" not in r}
-    lo, hi = min(depths), max(depths)
-    targets = []
-
-    def add(name, value, limit, met):
-        targets.append({"target": name, "value": value, "limit": limit,
-                        "met": None if value is None else bool(met)})
-
-    rev_lo, rev_hi, vit_lo = by.get(("rev_vit_b", lo)), by.get(("rev_vit_b", hi)), by.get(("vit_b", lo))
-    v = rev_hi["saved_mb"] / rev_lo["saved_mb"] if rev_lo and rev_hi else None
-    add(f"Rev-ViT-B saved tensors, depth {hi} / depth {lo} <= 1.05", v, 1.05, v is not None and v <= 1.05)
-    v = rev_lo["saved_mb"] / vit_lo["saved_mb"] if rev_lo and vit_lo else None
-    add(f"Rev-ViT-B / ViT-B saved tensors at depth {lo} <= 1/6", v, 1 / 6, v is not None and v <= 1 / 6)
-    vit_hi = by.get(("vit_b", hi))
-    for key, what in (("peak_accum_mmap_mb", "peak accumulating (mmap)"),
-                      ("live_accum_mb", "live tensors accumulating")):
-        v = rev_hi[key] / rev_lo[key] if rev_lo and rev_hi and rev_lo.get(key) else None
-        add(f"Rev-ViT-B {what}, depth {hi} / depth {lo} <= 1.1", v, 1.1, v is not None and v <= 1.1)
-        v = rev_hi[key] / vit_hi[key] if rev_hi and vit_hi and vit_hi.get(key) else None
-        add(f"Rev-ViT-B / ViT-B {what} at depth {hi} <= 1/4", v, 1 / 4, v is not None and v <= 1 / 4)
-    for d in depths:
-        rev, vit, ckpt = by.get(("rev_vit_b", d)), by.get(("vit_b", d)), by.get(("vit_b_ckpt", d))
-        if d in sweeps:
-            vs_vit, q = sweeps[d]["rev_vit_b/vit_b"]["median"], sweeps[d]["rev_vit_b/vit_b_ckpt"]
-            how = "interleaved, faster in {}/{} sweeps"
-        else:
-            vs_vit, q = paired_ratio(rev, vit), round_ratios(rev, ckpt)
-            how = "fresh-process rounds, faster in {}/{}"
-        add(f"Rev-ViT-B / ViT-B step time at depth {d} <= 1.4", vs_vit, 1.4,
-            vs_vit is not None and vs_vit <= 1.4)
-        # faster: the median ratio below 1 *and* most pairs won; a median alone can be a coin flip
-        how = how.format(q["faster"], q["sweeps"]) if q else how.format(0, 0)
-        add(f"Rev-ViT-B faster than ViT-B + checkpointing at depth {d} (ratio < 1; {how})",
-            q and q["median"], 1.0, q and q["median"] < 1.0 and q["faster"] > q["sweeps"] / 2)
-    return targets
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _print_rows(headers: List[str], rows: List[list]) -> None:
-    try:
-        from tabulate import tabulate
-        print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    except ImportError:
-        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-        for i, row in enumerate([headers] + rows):
-            print(" | ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-            if i == 0:
-                print("-+-".join("-" * w for w in widths))
-
-
 def print_table(results: List[dict]) -> None:
     headers = ["model", "depth", "params M", "step s", "step vs ViT-B", "saved MB",
                "saved vs ViT-B", "saved vs min depth", "peak MB", "peak-grads MB",
@@ -333,13 +243,13 @@ def print_table(results: List[dict]) -> None:
         if "error" in r:
             rows.append([r["label"], r["depth"], "failed: " + r["error"][:60]] + [""] * 10)
             continue
-        rows.append([r["label"], r["depth"], _fmt(r["params_m"], ".1f"), _fmt(r["step_s"], ".2f"),
-                     _fmt(r["step_vs_vit_b"], ".2f"), _fmt(r["saved_mb"], ".1f"),
-                     _fmt(r["saved_vs_vit_b"], ".3f"), _fmt(r["saved_vs_smallest_depth"], ".2f"),
-                     _fmt(r["peak_mb"], ".0f"), _fmt(r["peak_above_grads_mb"], ".0f"),
-                     _fmt(r.get("peak_mmap_above_grads_mb"), ".0f"),
-                     _fmt(r.get("peak_accum_mmap_mb"), ".0f"), _fmt(r.get("live_accum_mb"), ".0f")])
-    _print_rows(headers, rows)
+        rows.append([r["label"], r["depth"], fmt(r["params_m"], ".1f"), fmt(r["step_s"], ".2f"),
+                     fmt(r["step_vs_vit_b"], ".2f"), fmt(r["saved_mb"], ".1f"),
+                     fmt(r["saved_vs_vit_b"], ".3f"), fmt(r["saved_vs_smallest_depth"], ".2f"),
+                     fmt(r["peak_mb"], ".0f"), fmt(r["peak_above_grads_mb"], ".0f"),
+                     fmt(r.get("peak_mmap_above_grads_mb"), ".0f"),
+                     fmt(r.get("peak_accum_mmap_mb"), ".0f"), fmt(r.get("live_accum_mb"), ".0f")])
+    print(markdown_table(headers, rows))
 
 
 def print_interleaved_table(interleaved: List[dict]) -> None:
@@ -358,7 +268,7 @@ def print_interleaved_table(interleaved: List[dict]) -> None:
         rows.append([r["depth"], len(r["step_times_s"][BASELINE])] + cells)
     print("\nstep-time ratios from interleaved sweeps: median (range; sweeps in which the first "
           "was faster)")
-    _print_rows(headers, rows)
+    print(markdown_table(headers, rows))
 
 
 def plot(results: List[dict], path: Path) -> bool:
@@ -461,7 +371,6 @@ def main(argv=None) -> int:
         results[-1]["load_avg_1min"] = max(r["load_avg_1min"] for r in rounds)
 
     add_ratios(results)
-    targets = check_targets(results, depths, interleaved)
     print()
     print_table(results)
     if interleaved:
@@ -479,10 +388,6 @@ def main(argv=None) -> int:
     if busiest > (os.cpu_count() or 2) + 0.5:
         print(f"\nwarning: other processes competed for the CPU (1-min load average up to "
               f"{busiest:.1f} on {os.cpu_count()} cores); step times are noisier than usual.")
-    print("\ntargets:")
-    for t in targets:
-        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        print(f"  [{mark:>6}] {t['target']}: {_fmt(t['value'], '.3f')}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"depths": depths, "batch_size": args.batch_size, "img_size": args.img_size,
@@ -493,8 +398,8 @@ def main(argv=None) -> int:
         import torch
         settings["torch"] = torch.__version__
     with open(args.out / "results.json", "w") as f:
-        json.dump({"settings": settings, "results": results, "interleaved": interleaved,
-                   "targets": targets}, f, indent=2)
+        json.dump({"settings": settings, "results": results, "interleaved": interleaved}, f,
+                  indent=2)
     print(f"\nwrote {args.out / 'results.json'}")
     if plot(results, args.out / "memory_vs_depth.png"):
         print(f"wrote {args.out / 'memory_vs_depth.png'}")

@@ -26,7 +26,7 @@ backward). It reports the peak resident memory of the measured step above the re
 memory just before it (``/proc/self/clear_refs`` then ``VmHWM``; freed heap returned
 with ``malloc_trim`` first), that peak without the fp32 parameter gradients, the same peak
 in one more fresh process in which glibc returns every freed block >= 64 KiB at once
-(``backbones.memory.MMAP_MALLOC_ENV``: live tensors only, no heap fragmentation; the
+(``measure.MMAP_MALLOC_ENV``: live tensors only, no heap fragmentation; the
 CPU analogue of ``torch.cuda.max_memory_allocated``), the bytes of tensors saved for
 backward during the forward (exact activation memory, each storage counted once), and the
 step time. Absolute numbers are noisy on a small shared machine; the ratios come from the
@@ -40,7 +40,7 @@ forward + cross-entropy + backward of every micro-batch (no optimizer update, wh
 the same either way). Each (model, N) runs in fresh processes: the step's resident peak
 above the RSS before it (gradients included, after a warm-up step and ``malloc_trim``), the
 same with mmap malloc, and the exact live-tensor peak of the step
-(``backbones.memory.LiveTensorPeak``). Step time per clip: in the accumulating process,
+(``measure.LiveTensorPeak``). Step time per clip: in the accumulating process,
 ``--steps`` rounds each timing one step at N=1 and one at N=``--accum`` back to back;
 the overhead is the median of the per-round ratios.
 """
@@ -48,18 +48,18 @@ the overhead is the median of the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, markdown_table, paired_ratios,  # noqa: E402
+                     run_fresh, saved_tensor_meter, step_peak_mb, time_rounds)
 
 MB = 1e6
 MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute transitions)
@@ -68,7 +68,7 @@ MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute t
     "rev_mvit_b_16x4_stored": ("Rev-MViT-B 16x4, transitions stored (as the official model)",
                                "rev_mvit_b_16x4", True, False),
     "rev_mvit_b_16x4_autograd": ("Rev-MViT-B 16x4, plain autograd", "rev_mvit_b_16x4", False, False),
-    "mvit_b_16x4": ("MViT-B 16x4 (non-reversible twin)", "mvit_b_16x4", True, False),
+    "mvit_b_16x4": ("Rev-MViT-B 16x4's non-reversible twin", "nonrev_mvit_b_16x4", True, False),
 }
 
 
@@ -307,19 +307,10 @@ def run_loading(args) -> List[dict]:
 
 
 # --------------------------------------------------------------------------------- memory
-def _release_heap() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
     import torch
 
     import backbones
-    from backbones.memory import proc_status_mb, reset_peak_rss, saved_tensor_meter
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(0)
@@ -337,26 +328,21 @@ def run_memory_worker(variant: str, batch: int, frames: int, size: int) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    def measured_step():  # keeps its gradients until the peak is read
+        start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        seconds.append(time.perf_counter() - start)
+
     step()  # warm-up
-    _release_heap()
-    rss_before = proc_status_mb("VmRSS")
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    # the measured step keeps its gradients until the peak is read
-    out = model(x)
-    loss = torch.nn.functional.cross_entropy(out, y)
-    loss.backward()
-    seconds = time.perf_counter() - t0
-    peak = proc_status_mb("VmHWM")
+    seconds: List[float] = []
+    peak_mb = step_peak_mb(measured_step) * 2**20 / MB
     model.zero_grad(set_to_none=True)
-    del out, loss
     with saved_tensor_meter() as meter:  # exact activation memory of one forward
-        out = model(x)
+        model(x)
     saved = meter.total_bytes
-    peak_mb = (peak - rss_before) * 2**20 / MB
     return dict(variant=variant, label=MEMORY_VARIANTS[variant][0], params=params,
                 peak_mb=peak_mb, peak_minus_grads_mb=peak_mb - params * 4 / MB,
-                saved_mb=saved / MB, step_s=seconds)
+                saved_mb=saved / MB, step_s=seconds[0])
 
 
 REPEATED_KEYS = ("peak_mb", "peak_minus_grads_mb", "saved_mb", "step_s")  # medians of --repeats
@@ -365,13 +351,8 @@ MEMORY_KEYS = REPEATED_KEYS + ("peak_mmap_mb",)
 
 def _fresh_worker(what: str, variant: str, args, *flags: str, env=None) -> dict:
     """This script's ``what`` benchmark for ``variant`` in a fresh process; its JSON line."""
-    cmd = [sys.executable, __file__, what, "--worker", "--variant", variant,
-           "--batch-size", str(args.batch_size), "--frames", str(args.frames),
-           "--size", str(args.size), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant} {' '.join(flags)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_fresh(__file__, [what, "--worker", "--variant", variant, "--batch-size", args.batch_size,
+                                "--frames", args.frames, "--size", args.size, *flags], env)
 
 
 def _memory_worker(variant: str, args, env=None) -> dict:
@@ -379,8 +360,6 @@ def _memory_worker(variant: str, args, env=None) -> dict:
 
 
 def run_memory(args) -> List[dict]:
-    from backbones.memory import MMAP_MALLOC_ENV
-
     rows = []
     for variant in MEMORY_VARIANTS:
         runs = [_memory_worker(variant, args) for _ in range(args.repeats)]
@@ -406,7 +385,6 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
     import torch
 
     import backbones
-    from backbones.memory import LiveTensorPeak, proc_status_mb, reset_peak_rss
     from backbones.training import Accumulator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -426,19 +404,10 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
 
     step(accum)  # warm-up
     model.zero_grad(set_to_none=True)  # the measured step allocates its gradients
-    _release_heap()
-    rss_before = proc_status_mb("VmRSS")
-    reset_peak_rss()
-    step(accum)  # the gradients stay until the peak is read
-    peak = proc_status_mb("VmHWM") - rss_before
+    peak = step_peak_mb(lambda: step(accum))  # the gradients stay until the peak is read
     with LiveTensorPeak() as live:
         step(accum)
-    times = {1: [], accum: []}
-    for _ in range(time_steps):
-        for n in times:
-            t0 = time.perf_counter()
-            step(n)
-            times[n].append((time.perf_counter() - t0) / batch)
+    times = time_rounds(step, (1, accum), time_steps, per=batch)
     return dict(variant=variant, accum=accum, batch=batch, peak_mb=peak * 2**20 / MB,
                 live_mb=live.peak_bytes / MB, grad_mb=sum(p.numel() for p in model.parameters()) * 4 / MB,
                 step_per_clip_s=times)
@@ -450,8 +419,6 @@ def _accum_worker(variant: str, accum: int, args, time_steps: int = 0, env=None)
 
 
 def run_accum(args) -> List[dict]:
-    from backbones.memory import MMAP_MALLOC_ENV
-
     rows = []
     for variant in ACCUM_VARIANTS:
         for n in (1, args.accum):
@@ -462,7 +429,7 @@ def run_accum(args) -> List[dict]:
                 t = row.pop("step_per_clip_s")
                 one, acc = t["1"], t[str(n)]
                 row["clip_s_direct"], row["clip_s_accum"] = statistics.median(one), statistics.median(acc)
-                row["accum_overhead"] = statistics.median(a / b for a, b in zip(acc, one)) - 1
+                row["accum_overhead"] = paired_ratios(acc, one)["median"] - 1
             else:
                 row.pop("step_per_clip_s")
             rows.append(row)
@@ -470,62 +437,40 @@ def run_accum(args) -> List[dict]:
     return rows
 
 
-def accum_targets(rows: List[dict], accum: int) -> List[str]:
-    by = {(r["variant"], r["accum"]): r for r in rows}
-    rev, twin = by[("rev_mvit_b_16x4", accum)], by[("mvit_b_16x4", accum)]
-    out = []
-    for key, what in (("peak_mb", "resident peak"), ("peak_mmap_mb", "resident peak, mmap malloc"),
-                      ("live_mb", "live tensors")):
-        ratio = rev[key] / twin[key]
-        out.append(f"Rev-MViT-B / MViT-B accumulating ({what}): {ratio:.2f}x "
-                   f"(target <= 0.55x: {'met' if ratio <= 0.55 else 'not met'})")
-    for r in (rev, twin):
-        if "accum_overhead" in r:
-            o = r["accum_overhead"]
-            out.append(f"{r['label']}: accumulation adds {o * 100:+.1f}% step time per clip "
-                       f"(target <= 5%: {'met' if o <= 0.05 else 'not met'})")
-    return out
-
-
 # --------------------------------------------------------------------------------- tables
 def loading_table(rows: List[dict]) -> str:
-    out = ["| videos | pipeline | workers | throughput | ratio (median of rounds) | to | range |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        to = "itself" if r["reference"] == r["pipeline"] else r["reference"]
-        out.append(f"| {r['size']} | {r['label']} | {r['workers']} | {r['per_s']:.2f} {r['unit']} | "
-                   f"{r['ratio']:.2f}x | {to} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
-    return "\n".join(out)
+    return markdown_table(
+        ["videos", "pipeline", "workers", "throughput", "ratio (median of rounds)", "to", "range"],
+        [[r["size"], r["label"], r["workers"], f"{r['per_s']:.2f} {r['unit']}", f"{r['ratio']:.2f}x",
+          "itself" if r["reference"] == r["pipeline"] else r["reference"],
+          f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"] for r in rows])
 
 
 def memory_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
-    out = [f"| model (batch {batch}, {frames}x{size}x{size}) | params | peak MB | vs MViT-B | "
-           "peak MB without grads | vs MViT-B | peak MB (mmap malloc) | vs MViT-B | "
-           "saved tensors MB | vs MViT-B | step s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['label']} | {r['params'] / 1e6:.1f}M | {r['peak_mb']:.0f} | "
-                   f"{r['peak_mb_ratio']:.2f}x | {r['peak_minus_grads_mb']:.0f} | "
-                   f"{r['peak_minus_grads_mb_ratio']:.2f}x | {r['peak_mmap_mb']:.0f} | "
-                   f"{r['peak_mmap_mb_ratio']:.2f}x | {r['saved_mb']:.0f} | "
-                   f"{r['saved_mb_ratio']:.2f}x | {r['step_s']:.1f} |")
-    return "\n".join(out)
+    keys = ("peak_mb", "peak_minus_grads_mb", "peak_mmap_mb", "saved_mb")
+    return markdown_table(
+        [f"model (batch {batch}, {frames}x{size}x{size})", "params", "peak MB", "vs MViT-B",
+         "peak MB without grads", "vs MViT-B", "peak MB (mmap malloc)", "vs MViT-B",
+         "saved tensors MB", "vs MViT-B", "step s"],
+        [[r["label"], f"{r['params'] / 1e6:.1f}M"]
+         + [cell for k in keys for cell in (f"{r[k]:.0f}", f"{r[k + '_ratio']:.2f}x")]
+         + [f"{r['step_s']:.1f}"] for r in rows])
 
 
 def accum_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
     twin = {r["accum"]: r for r in rows if r["variant"] == "mvit_b_16x4"}
-    out = [f"| model (batch {batch}, {frames}x{size}x{size}) | ACCUM_ITER | clips per micro-batch | "
-           "peak MB | vs twin | peak MB (mmap malloc) | vs twin | live tensors MB | vs twin | "
-           "s per clip | accumulation overhead |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = []
     for r in rows:
-        t = twin[r["accum"]]
-        time = (f"{r['clip_s_direct']:.2f} / {r['clip_s_accum']:.2f} | {r['accum_overhead'] * 100:+.1f}%"
-                if "accum_overhead" in r else "| ")
-        out.append(f"| {r['label']} | {r['accum']} | {batch // r['accum']} | {r['peak_mb']:.0f} | "
-                   f"{r['peak_mb'] / t['peak_mb']:.2f}x | {r['peak_mmap_mb']:.0f} | "
-                   f"{r['peak_mmap_mb'] / t['peak_mmap_mb']:.2f}x | {r['live_mb']:.0f} | "
-                   f"{r['live_mb'] / t['live_mb']:.2f}x | {time} |")
-    return "\n".join(out)
+        t, timed = twin[r["accum"]], "accum_overhead" in r
+        out.append([r["label"], r["accum"], batch // r["accum"]]
+                   + [cell for k in ("peak_mb", "peak_mmap_mb", "live_mb")
+                      for cell in (f"{r[k]:.0f}", f"{r[k] / t[k]:.2f}x")]
+                   + ([f"{r['clip_s_direct']:.2f} / {r['clip_s_accum']:.2f}",
+                       f"{r['accum_overhead'] * 100:+.1f}%"] if timed else ["", ""]))
+    return markdown_table(
+        [f"model (batch {batch}, {frames}x{size}x{size})", "ACCUM_ITER", "clips per micro-batch",
+         "peak MB", "vs twin", "peak MB (mmap malloc)", "vs twin", "live tensors MB", "vs twin",
+         "s per clip", "accumulation overhead"], out)
 
 
 def main(argv=None) -> int:
@@ -568,18 +513,11 @@ def main(argv=None) -> int:
         results["memory"] = run_memory(args)
         print("\nOne training step (forward + cross-entropy + backward):\n"
               + memory_table(results["memory"], args.batch_size, args.frames, args.size))
-        rev = next(r for r in results["memory"] if r["variant"] == "rev_mvit_b_16x4")
-        for key, what in (("peak_mb", "default allocator"), ("peak_mmap_mb", "mmap malloc")):
-            ratio = rev[key + "_ratio"]
-            print(f"Rev-MViT-B / MViT-B peak memory ({what}): {ratio:.2f}x "
-                  f"(target <= 0.5x: {'met' if ratio <= 0.5 else 'not met'})")
     if args.what == "accum":
         results["accum"] = run_accum(args)
         print(f"\nOne training step of {args.batch_size} clips, directly and in {args.accum} "
               "micro-batches (gradients included):\n"
               + accum_table(results["accum"], args.batch_size, args.frames, args.size))
-        for line in accum_targets(results["accum"], args.accum):
-            print(line)
     with open(args.out / "results.json", "w") as f:
         json.dump(results, f, indent=1)
     return 0
