@@ -27,8 +27,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 # times slower on a shared CPU. Set before torch starts OpenMP; the workers inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch   # noqa: E402
-from torch import nn   # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
