@@ -9,13 +9,18 @@ Importing it is all a Detectron2 user needs:
     model = detectron2.modeling.build_model(cfg)
 
 On import it registers four backbones in ``BACKBONE_REGISTRY`` (``revdet.backbone``), the
-synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``), and applies the
-small Detectron2 compatibility patches (``revdet.compat``).
+synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``), applies the
+small Detectron2 compatibility patches (``revdet.compat``), and gives fvcore's FLOP counter
+the fused-attention handle, so that ``detectron2.utils.analysis`` counts these backbones
+fully (``backbones.flops.register_fvcore_handles``).
 """
+
+from backbones.flops import register_fvcore_handles
 
 from . import compat
 
 compat.apply()
+register_fvcore_handles()
 
 from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,  # noqa: E402
                        build_mvit_fpn_backbone, build_rev_mvit_fpn_backbone,

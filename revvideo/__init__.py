@@ -7,11 +7,16 @@
     loader = revvideo.build_train_loader(cfg)
 
 Training and evaluation run through tools/train_video.py (``revvideo.engine``).
+Importing it also lets fvcore's FLOP counter count fused attention
+(``backbones.flops.register_fvcore_handles``).
 """
+
+from backbones.flops import register_fvcore_handles
 
 from . import compat
 
 compat.apply()  # before anything imports pytorchvideo.transforms
+register_fvcore_handles()
 
 from .config import get_cfg  # noqa: E402
 from .data import (DatasetError, EpochLoop, VideoDataset, VideoList, build_test_dataset,  # noqa: E402
