@@ -28,6 +28,7 @@ import backbones
 from backbones import MViT
 from backbones.errors import ConfigError
 from detectron2.layers import ShapeSpec
+from detectron2.layers.batch_norm import LayerNorm  # channels-first, as ViTDet uses it
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
@@ -37,13 +38,6 @@ SIZE_DIVISIBILITY = 32
 
 def stage_name(stride: int) -> str:
     return f"scale{int(math.log2(stride))}"
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a ``(B, C, H, W)`` map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class StageBackbone(Backbone):
@@ -77,7 +71,7 @@ class StageBackbone(Backbone):
         self._out_feature_strides = {n: net.stage_strides[self._stage_index[n]]
                                      for n in out_features}
         self.norms = nn.ModuleDict({
-            n: ChannelLayerNorm(self._out_feature_channels[n], eps=1e-6) if stage_norm
+            n: LayerNorm(self._out_feature_channels[n], eps=1e-6) if stage_norm
             else nn.Identity() for n in out_features})
 
     @property
