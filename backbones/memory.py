@@ -1,7 +1,8 @@
 """Measuring memory: the bytes autograd keeps for backward, and the process's peak RSS.
 
 Used by the tests and the benchmark scripts, so every number in the README is measured
-the same way (see design.md, "Measuring").
+the same way (README, "Memory and speed"): saved bytes count each storage once; the peak
+is ``VmHWM`` above the RSS before the step, after a ``/proc/self/clear_refs`` reset.
 """
 
 from __future__ import annotations
