@@ -15,12 +15,9 @@ the fused-attention handle, so that ``detectron2.utils.analysis`` counts these b
 fully (``backbones.flops.register_fvcore_handles``).
 """
 
-from backbones.flops import register_fvcore_handles
-
 from . import compat
 
 compat.apply()
-register_fvcore_handles()
 
 from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,  # noqa: E402
                        build_mvit_fpn_backbone, build_rev_mvit_fpn_backbone,
@@ -38,6 +35,10 @@ def _register_default_shapes() -> None:
 
 
 _register_default_shapes()
+
+from backbones.flops import register_fvcore_handles  # noqa: E402
+
+register_fvcore_handles()  # Detectron2's FLOP tools then count fused attention
 
 __all__ = [
     "BACKBONE_NAMES", "DatasetError", "RevDetCheckpointer", "RevDetDatasetMapper", "ShapesSpec",
