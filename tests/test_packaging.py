@@ -6,6 +6,7 @@ found with ``ast``) must come from ``install_requires`` plus that package's extr
 
 import ast
 import importlib.metadata
+import os
 import re
 import sys
 import warnings
@@ -62,8 +63,6 @@ def requirements() -> Dict[str, Set[str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from distutils.core import run_setup  # setuptools' copy
-
-    import os
 
     cwd = os.getcwd()
     os.chdir(ROOT)  # setup.py finds its packages relative to the working directory
