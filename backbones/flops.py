@@ -6,11 +6,14 @@ matmuls and norms are counted, elementwise ops are not), as SlowFast's
 ``misc.get_model_stats`` reports them. fvcore does not know
 ``aten::scaled_dot_product_attention``, which our attention uses instead of two explicit
 matmuls; it is counted here as exactly those two matmuls (``q @ k^T`` and ``attn @ v``).
-fvcore is an optional dependency, imported only when counting.
+``register_fvcore_handles`` gives every fvcore analysis that handle, Detectron2's
+``FlopCountAnalysis`` / ``flop_count_operators`` included; ``import revdet`` and
+``import revvideo`` call it. fvcore is an optional dependency, imported only when counting.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from typing import Any, List, Optional, Sequence
@@ -35,6 +38,24 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     *batch, nq, d = q
     nk, dv = k[-2], v[-1]
     return math.prod(batch) * nq * nk * (d + dv)
+
+
+SDPA = "aten::scaled_dot_product_attention"
+
+
+def register_fvcore_handles() -> None:
+    """Make every fvcore ``FlopCountAnalysis`` count fused attention, so that Detectron2's
+    ``FlopCountAnalysis`` and ``flop_count_operators`` count revvision models fully.
+
+    fvcore has no per-model registration: each analysis, Detectron2's subclass included,
+    starts from fvcore's global handle table, so the handle is added there. This is a global
+    registration, kept additive and idempotent: it never replaces a handle that is already
+    there (the user's, or fvcore's own in a version that counts the op itself), and calling
+    it again changes nothing.
+    """
+    # the module, not the function ``fvcore.nn.flop_count`` that shadows it as an attribute
+    handles = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    handles.setdefault(SDPA, sdpa_flop_jit)
 
 
 def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> float:
@@ -63,7 +84,7 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None) ->
         model.eval()
         try:
             analysis = FlopCountAnalysis(model, (x,))
-            analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+            analysis.set_op_handle(SDPA, sdpa_flop_jit)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             with torch.no_grad():
                 total = analysis.total()

@@ -9,9 +9,13 @@ Importing it is all a Detectron2 user needs:
     model = detectron2.modeling.build_model(cfg)
 
 On import it registers four backbones in ``BACKBONE_REGISTRY`` (``revdet.backbone``), the
-synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``). It patches
-nothing: safe checkpoint loading is a property of ``RevDetCheckpointer``.
+synthetic ``shapes_train`` / ``shapes_val`` datasets (``revdet.shapes``), and gives fvcore's
+FLOP counter the fused-attention handle, so that ``detectron2.utils.analysis`` counts these
+backbones fully (``backbones.flops.register_fvcore_handles``: additive). It patches nothing
+else: safe checkpoint loading is a property of ``RevDetCheckpointer``.
 """
+
+from backbones.flops import register_fvcore_handles
 
 from .backbone import (BACKBONE_NAMES, SimpleFPN, StageBackbone,
                        build_mvit_fpn_backbone, build_rev_mvit_fpn_backbone,
@@ -29,6 +33,8 @@ def _register_default_shapes() -> None:
 
 
 _register_default_shapes()
+
+register_fvcore_handles()  # Detectron2's FLOP tools then count fused attention
 
 __all__ = [
     "BACKBONE_NAMES", "DatasetError", "RevDetCheckpointer", "RevDetDatasetMapper", "ShapesSpec",

@@ -7,6 +7,8 @@
     loader = revvideo.build_train_loader(cfg)
 
 Training and evaluation run through tools/train_video.py (``revvideo.engine``).
+Importing it also lets fvcore's FLOP counter count fused attention
+(``backbones.flops.register_fvcore_handles``).
 """
 
 from . import compat
@@ -18,6 +20,10 @@ from .data import (DatasetError, EpochLoop, VideoDataset, VideoList, build_test_
                    build_test_loader, build_train_dataset, build_train_loader, read_video_list)
 from .multiview import MultiViewEvaluator, TestViews, ViewScores, official_clip_indices  # noqa: E402
 from .transforms import BatchMix, soft_cross_entropy, train_transform  # noqa: E402
+
+from backbones.flops import register_fvcore_handles  # noqa: E402
+
+register_fvcore_handles()  # fvcore's FLOP counter then counts fused attention
 
 __all__ = [
     "BatchMix", "DatasetError", "EpochLoop", "MultiViewEvaluator", "TestViews", "VideoDataset",

@@ -100,3 +100,48 @@ def test_missing_fvcore_is_a_clear_error(monkeypatch):
                             patch_kernel=(8, 8), patch_stride=(8, 8))
     with pytest.raises(ImportError, match="pip install fvcore"):
         count_flops(model)
+
+
+def test_fvcore_registration_is_additive_and_idempotent(monkeypatch):
+    import importlib
+
+    from backbones.flops import SDPA, register_fvcore_handles, sdpa_flop_jit
+
+    handles = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    monkeypatch.delitem(handles, SDPA, raising=False)
+    before = dict(handles)
+    register_fvcore_handles()
+    register_fvcore_handles()
+    assert handles == {**before, SDPA: sdpa_flop_jit}
+
+    def users_own(inputs, outputs):
+        return 1
+
+    monkeypatch.setitem(handles, SDPA, users_own)
+    register_fvcore_handles()
+    assert handles[SDPA] is users_own
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
+                            "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("backbone,net", [("build_rev_mvit_fpn_backbone", "bottom_up"),
+                                          ("build_rev_vit_simple_fpn_backbone", "net")])
+def test_detectron2_analysis_counts_the_backbone_fully(backbone, net):
+    """Detectron2's own FLOP tools, on a revdet detector, count fused attention: the
+    detector's bottom-up network counts what ``count_flops`` counts for it alone."""
+    pytest.importorskip("detectron2")
+    from detectron2.modeling import build_model
+    from detectron2.utils.analysis import FlopCountAnalysis, flop_count_operators
+
+    from tests.revdet_tiny import tiny_cfg  # imports revdet, which registers the handle
+
+    model = build_model(tiny_cfg(backbone)).eval()
+    inputs = [{"image": torch.rand(3, 64, 64) * 255}]  # 64 is a multiple of the padding: 64x64 in
+    analysis = FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    in_detector = analysis.by_module()[f"model.backbone.{net}"]
+    assert in_detector == round(count_flops(getattr(model.backbone, net), (64, 64)) * 1e9)
+    assert "aten::scaled_dot_product_attention" not in analysis.unsupported_ops()
+    by_op = flop_count_operators(model, inputs)
+    assert by_op["scaled_dot_product_attention"] > 0
+    assert sum(by_op.values()) == pytest.approx(analysis.total() / 1e9)

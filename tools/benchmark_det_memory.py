@@ -3,7 +3,7 @@
 
 One Mask R-CNN + pyramid training iteration (forward + backward) at the same image size
 for Rev-MViT-B vs MViT-B (Detectron2 FPN) and Rev-ViT-B vs ViT-B (simple feature
-pyramid), each measured in a fresh process (this machine's method, see design.md):
+pyramid), each measured in a fresh process (as in the README's "Memory and speed"):
 
 * ``peak MB``: the process's resident high-water mark during its first training step
   minus its resident memory just before it (``/proc/self/clear_refs`` reset, ``VmHWM``),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import backbones
@@ -96,14 +97,6 @@ def spread_indices(total: int, limit: Optional[int]) -> List[int]:
     if limit is None or limit >= total:
         return list(range(total))
     return [i * total // limit for i in range(limit)]
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    cells = [list(map(str, headers))] + [list(map(str, r)) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in cells[1:]])
 
 
 def evaluate(weights: str, data: str, limit: Optional[int] = None, batch_size: int = 64,
@@ -200,10 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                      progress=not args.no_progress)
     except (CheckpointError, BadImageError, FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(describe(e)) from e  # exit status 2, without a traceback
-    print(format_table(
-        ["weights", "images", "skipped", "top-1 %", f"top-{r['k']} %", "protocol"],
+    print(tabulate(
         [[Path(r["weights"]).name, r["images"], r["skipped"], f"{r['top1']:.2f}", f"{r['top5']:.2f}",
-          f"resize {r['resize']} bicubic, crop {r['crop']}"]]))
+          f"resize {r['resize']} bicubic, crop {r['crop']}"]],
+        ["weights", "images", "skipped", "top-1 %", f"top-{r['k']} %", "protocol"],
+        tablefmt="pipe", disable_numparse=True))
     return 0
 
 

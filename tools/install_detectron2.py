@@ -15,7 +15,7 @@ stray top-level ``tools`` package. This script:
 4. installs the rewritten wheel with ``pip install --no-deps``.
 
 Detectron2's runtime requirements are not installed here: they are pinned in
-requirements.txt. Without ``_C`` there are no rotated-box ops, deformable
+requirements.txt and listed in setup.py's ``det`` and ``video`` extras. Without ``_C`` there are no rotated-box ops, deformable
 convolution or fast COCO evaluation; Mask R-CNN with FPN needs none of them.
 
 Usage:  python tools/install_detectron2.py [--force]
@@ -186,7 +186,8 @@ def main():
     if not detectron2_imports():
         sys.exit(
             "error: detectron2 was installed but `import detectron2` fails; "
-            "install its runtime requirements first: pip install -r requirements.txt"
+            "install its runtime requirements first: pip install -e '.[det]' "
+            "(or pip install -r requirements.txt for the tested versions)"
         )
     print("detectron2", VERSION, "installed (pure Python, no _C extension)")
 

@@ -2,7 +2,7 @@
 
 Memory: the bytes autograd keeps for backward (``saved_tensor_meter``), the exact peak of
 live tensors (``LiveTensorPeak``) and a step's peak resident memory (``step_peak_mb``), all
-measured the same way for every number in the README (see its "Measuring" notes). Process:
+measured the same way for every number in the README (its "Memory and speed" section). Process:
 each configuration runs in a fresh worker process (``run_fresh``) that prints one JSON line.
 Results: ratios paired within the same rounds (``paired_ratios``) and markdown tables
 (``markdown_table``). The scripts import it as ``measure`` (they run from ``tools/``).
