@@ -110,15 +110,8 @@ _C.DATA.DECODING_THREADS = 1
 # The synthetic dataset: shapes (circle, square, triangle) moving up or down; the class is
 # the shape and its direction. ROOT "" = $REVVISION_CACHE/video_shapes if that variable is
 # set, else .cache/revvision/video_shapes in the repository checkout.
-_C.DATA.SYNTHETIC = CN()
-_C.DATA.SYNTHETIC.ROOT = ""
-_C.DATA.SYNTHETIC.NUM_TRAIN = 360
-_C.DATA.SYNTHETIC.NUM_VAL = 120
-_C.DATA.SYNTHETIC.FRAMES = 32
-_C.DATA.SYNTHETIC.WIDTH = 64
-_C.DATA.SYNTHETIC.HEIGHT = 48
-_C.DATA.SYNTHETIC.FPS = 30
-_C.DATA.SYNTHETIC.SEED = 0
+_C.DATA.SYNTHETIC = CN(dict(ROOT="", NUM_TRAIN=360, NUM_VAL=120, FRAMES=32, WIDTH=64, HEIGHT=48,
+                           FPS=30, SEED=0))
 
 _C.DATA_LOADER = CN()
 _C.DATA_LOADER.NUM_WORKERS = 8  # per process
