@@ -28,7 +28,6 @@ from typing import Dict, List, Optional
 from unittest import mock
 
 import torch
-from tabulate import tabulate
 
 from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func
 from backbones.training import AMP_DTYPES, Accumulator, AccumulatorState
@@ -256,8 +255,11 @@ def ap_table(results: Dict[str, Dict[str, float]]) -> str:
         rows = [(f"{ds} {task}", m) for ds, tasks in flat.items() for task, m in tasks.items()]
     else:
         rows = list(flat.items())
-    return tabulate([[name] + [metrics.get(c, float("nan")) for c in cols] for name, metrics in rows],
-                    headers=["task"] + cols, tablefmt="pipe", floatfmt=".1f")
+    lines = ["| task | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, metrics in rows:
+        vals = [metrics.get(c, float("nan")) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)
 
 
 def visualize(cfg, model, dataset_name: str, out_dir: str, num_images: int,
