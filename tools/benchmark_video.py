@@ -40,9 +40,9 @@ forward + cross-entropy + backward of every micro-batch (no optimizer update, wh
 the same either way). Each (model, N) runs in fresh processes: the step's resident peak
 above the RSS before it (gradients included, after a warm-up step and ``malloc_trim``), the
 same with mmap malloc, and the exact live-tensor peak of the step
-(``measure.LiveTensorPeak``). Step time per clip: in the accumulating process,
-``--steps`` rounds each timing one step at N=1 and one at N=``--accum`` back to back;
-the overhead is the median of the per-round ratios.
+(``measure.LiveTensorPeak``). Step time per clip: in the accumulating process, ``--steps``
+rounds each timing the batch at once, accumulated, and as separate micro-batch steps
+(``measure.accumulation_times``).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, markdown_table, paired_ratios,  # noqa: E402
-                     run_fresh, saved_tensor_meter, step_peak_mb, time_rounds)
+from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, accumulation_times,  # noqa: E402
+                     markdown_table, run_fresh, saved_tensor_meter, step_peak_mb)
 
 MB = 1e6
 MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute transitions)
@@ -396,21 +396,25 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
     y = torch.randint(0, model.cfg.num_classes, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
 
+    def forward(clips: range) -> dict:
+        return {"loss": torch.nn.functional.cross_entropy(model(x[clips.start:clips.stop]),
+                                                          y[clips.start:clips.stop])}
+
     def step(n: int):
         acc = Accumulator(model, optimizer, n)
         model.zero_grad(set_to_none=True)
-        acc.backward(acc.split(range(batch)), lambda r: {
-            "loss": torch.nn.functional.cross_entropy(model(x[r.start:r.stop]), y[r.start:r.stop])})
+        acc.backward(acc.split(range(batch)), forward)
 
     step(accum)  # warm-up
     model.zero_grad(set_to_none=True)  # the measured step allocates its gradients
     peak = step_peak_mb(lambda: step(accum))  # the gradients stay until the peak is read
     with LiveTensorPeak() as live:
         step(accum)
-    times = time_rounds(step, (1, accum), time_steps, per=batch)
-    return dict(variant=variant, accum=accum, batch=batch, peak_mb=peak * 2**20 / MB,
-                live_mb=live.peak_bytes / MB, grad_mb=sum(p.numel() for p in model.parameters()) * 4 / MB,
-                step_per_clip_s=times)
+    row = dict(variant=variant, accum=accum, batch=batch, peak_mb=peak * 2**20 / MB,
+               live_mb=live.peak_bytes / MB, grad_mb=sum(p.numel() for p in model.parameters()) * 4 / MB)
+    if accum > 1 and time_steps:
+        row.update(accumulation_times(model, range(batch), accum, forward, time_steps))
+    return row
 
 
 def _accum_worker(variant: str, accum: int, args, time_steps: int = 0, env=None) -> dict:
@@ -425,13 +429,6 @@ def run_accum(args) -> List[dict]:
             row = _accum_worker(variant, n, args, args.steps if n == args.accum else 0)
             row["peak_mmap_mb"] = _accum_worker(variant, n, args, env=MMAP_MALLOC_ENV)["peak_mb"]
             row["label"] = MEMORY_VARIANTS[variant][0]
-            if n == args.accum and args.steps:
-                t = row.pop("step_per_clip_s")
-                one, acc = t["1"], t[str(n)]
-                row["clip_s_direct"], row["clip_s_accum"] = statistics.median(one), statistics.median(acc)
-                row["accum_overhead"] = paired_ratios(acc, one)["median"] - 1
-            else:
-                row.pop("step_per_clip_s")
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -465,12 +462,14 @@ def accum_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
         out.append([r["label"], r["accum"], batch // r["accum"]]
                    + [cell for k in ("peak_mb", "peak_mmap_mb", "live_mb")
                       for cell in (f"{r[k]:.0f}", f"{r[k] / t[k]:.2f}x")]
-                   + ([f"{r['clip_s_direct']:.2f} / {r['clip_s_accum']:.2f}",
-                       f"{r['accum_overhead'] * 100:+.1f}%"] if timed else ["", ""]))
+                   + ([f"{r['s_direct']:.2f} / {r['s_accum']:.2f} / {r['s_separate']:.2f}",
+                       f"{r['accum_overhead'] * 100:+.1f}%", f"{r['accum_vs_separate'] * 100:+.1f}%"]
+                      if timed else ["", "", ""]))
     return markdown_table(
         [f"model (batch {batch}, {frames}x{size}x{size})", "ACCUM_ITER", "clips per micro-batch",
          "peak MB", "vs twin", "peak MB (mmap malloc)", "vs twin", "live tensors MB", "vs twin",
-         "s per clip", "accumulation overhead"], out)
+         "s per clip (direct / accumulating / separate micro-batches)", "accumulating vs direct",
+         "accumulating vs separate"], out)
 
 
 def main(argv=None) -> int:

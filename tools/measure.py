@@ -227,6 +227,40 @@ def time_rounds(step: Callable[[int], object], settings: Sequence[int], rounds: 
     return times
 
 
+def accumulation_times(model: nn.Module, batch: Sequence, accum: int, forward: Callable,
+                       rounds: int) -> Dict[str, float]:
+    """Seconds per item of one training step over ``batch`` (zero_grad, forward, backward; no
+    update), in ``rounds`` rounds of three settings back to back: the batch at once
+    (``direct``), in ``accum`` accumulated micro-batches (``accum``, as ``SOLVER.ACCUM_ITER``
+    does), and the same micro-batches as separate steps with fresh gradients (``separate``).
+
+    ``accum`` vs ``direct`` is what a user pays for accumulating; ``accum`` vs ``separate``
+    isolates the accumulation itself from the cost of running smaller batches, which on a
+    CPU is mostly the kernels' efficiency at a small batch. Medians of the rounds, and the
+    two overheads as medians of per-round ratios.
+    """
+    from backbones.training import Accumulator, split_batch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
+
+    def step(setting: str) -> None:
+        model.zero_grad(set_to_none=True)
+        if setting == "separate":
+            single = Accumulator(model, optimizer, 1)
+            for chunk in split_batch(batch, accum):
+                model.zero_grad(set_to_none=True)
+                single.backward([chunk], forward)
+        else:
+            accumulator = Accumulator(model, optimizer, 1 if setting == "direct" else accum)
+            accumulator.backward(accumulator.split(batch), forward)
+
+    times = time_rounds(step, ("direct", "accum", "separate"), rounds, per=len(batch))
+    out = {f"s_{key}": statistics.median(values) for key, values in times.items()}
+    out["accum_overhead"] = paired_ratios(times["accum"], times["direct"])["median"] - 1
+    out["accum_vs_separate"] = paired_ratios(times["accum"], times["separate"])["median"] - 1
+    return out
+
+
 # ------------------------------------------------------------------ results
 def paired_ratios(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
     """Ratios ``a[i] / b[i]`` of measurements taken in the same round (a slow stretch of a
