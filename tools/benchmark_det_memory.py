@@ -47,7 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, SavedTensorMeter,  # noqa: E402
-                     accumulation_times, fmt, markdown_table, run_fresh, step_peak_mb)
+                     accumulated_step, accumulation_times, fmt, markdown_table, run_fresh,
+                     step_peak_mb)
 
 # variant -> (registered backbone, zoo architecture, its twin); each starts from the COCO
 # config of its family (coco_revmvit.yaml recomputes the stage transitions).
@@ -176,18 +177,14 @@ def accum_worker(args) -> dict:
     import torch
     from detectron2.utils.events import EventStorage
 
-    from backbones.training import Accumulator
-
     torch.manual_seed(0)
     model = _build(args.variant, args.device)
     batch = _batch(args.size, args.batch, args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
 
     def step(n: int):
-        acc = Accumulator(model, optimizer, n)
-        model.zero_grad(set_to_none=True)
         with EventStorage(0):
-            acc.backward(acc.split(batch), model)
+            accumulated_step(model, optimizer, batch, n, model)
 
     peak = step_peak_mb(lambda: step(args.accum))  # the first step: see worker()
     if args.peak_only:

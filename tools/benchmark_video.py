@@ -58,8 +58,8 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, accumulation_times,  # noqa: E402
-                     markdown_table, run_fresh, saved_tensor_meter, step_peak_mb)
+from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, accumulated_step,  # noqa: E402
+                     accumulation_times, markdown_table, run_fresh, saved_tensor_meter, step_peak_mb)
 
 MB = 1e6
 MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute transitions)
@@ -385,7 +385,6 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
     import torch
 
     import backbones
-    from backbones.training import Accumulator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(0)
@@ -401,9 +400,7 @@ def run_accum_worker(variant: str, batch: int, accum: int, frames: int, size: in
                                                           y[clips.start:clips.stop])}
 
     def step(n: int):
-        acc = Accumulator(model, optimizer, n)
-        model.zero_grad(set_to_none=True)
-        acc.backward(acc.split(range(batch)), forward)
+        accumulated_step(model, optimizer, range(batch), n, forward)
 
     step(accum)  # warm-up
     model.zero_grad(set_to_none=True)  # the measured step allocates its gradients

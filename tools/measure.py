@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import weakref
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 # As the train tools do (revvision/train_*.py): idle OpenMP threads sleep instead of spinning,
 # so a step is timed as a user runs it; spinning makes small ops (a micro-batch of 1) several
@@ -214,17 +214,28 @@ def run_fresh(script: str, flags: Sequence[object], env: Optional[Dict[str, str]
     return json.loads(lines[-1])
 
 
-def time_rounds(step: Callable[[int], object], settings: Sequence[int], rounds: int,
-                per: int = 1) -> Dict[int, List[float]]:
+def time_rounds(step: Callable[[Any], object], settings: Sequence[Any], rounds: int,
+                per: int = 1) -> Dict[Any, List[float]]:
     """Seconds of ``step(n)`` divided by ``per``, for every ``n`` in ``settings`` back to back
     in each of ``rounds`` rounds: ``{n: [one per round]}``, pairs for ``paired_ratios``."""
-    times: Dict[int, List[float]] = {n: [] for n in settings}
+    times: Dict[Any, List[float]] = {n: [] for n in settings}
     for _ in range(rounds):
         for n in times:
             start = time.perf_counter()
             step(n)
             times[n].append((time.perf_counter() - start) / per)
     return times
+
+
+def accumulated_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Sequence,
+                     accum: int, forward: Callable) -> None:
+    """One training step without the update, as the tools run it: fresh gradients, then
+    forward + backward of ``batch`` in ``accum`` micro-batches (``backbones.training``)."""
+    from backbones.training import Accumulator
+
+    model.zero_grad(set_to_none=True)
+    accumulator = Accumulator(model, optimizer, accum)
+    accumulator.backward(accumulator.split(batch), forward)
 
 
 def accumulation_times(model: nn.Module, batch: Sequence, accum: int, forward: Callable,
@@ -239,20 +250,16 @@ def accumulation_times(model: nn.Module, batch: Sequence, accum: int, forward: C
     CPU is mostly the kernels' efficiency at a small batch. Medians of the rounds, and the
     two overheads as medians of per-round ratios.
     """
-    from backbones.training import Accumulator, split_batch
+    from backbones.training import split_batch
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # never stepped
 
     def step(setting: str) -> None:
-        model.zero_grad(set_to_none=True)
         if setting == "separate":
-            single = Accumulator(model, optimizer, 1)
             for chunk in split_batch(batch, accum):
-                model.zero_grad(set_to_none=True)
-                single.backward([chunk], forward)
+                accumulated_step(model, optimizer, chunk, 1, forward)
         else:
-            accumulator = Accumulator(model, optimizer, 1 if setting == "direct" else accum)
-            accumulator.backward(accumulator.split(batch), forward)
+            accumulated_step(model, optimizer, batch, 1 if setting == "direct" else accum, forward)
 
     times = time_rounds(step, ("direct", "accum", "separate"), rounds, per=len(batch))
     out = {f"s_{key}": statistics.median(values) for key, values in times.items()}
