@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from measure import SavedTensorMeter, run_fresh, step_peak_mb
+from measure import SavedTensorMeter, accumulated_step, gradient_summing, run_fresh, step_peak_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -49,6 +49,22 @@ def test_nested_meters_count_a_storage_once():
             z = (y * y) * w  # y again (seen), then y * y (4000 bytes) and w (excluded)
     (z.sum()).backward()
     assert (outer.total_bytes, inner.total_bytes) == (4000, 4000)
+
+
+def test_gradient_summing_counts_the_accumulation_nodes():
+    """One ``AccumulateGrad`` per parameter and micro-batch; only the accumulated step sums
+    into existing gradients, so only it spends measurable time there on big parameters."""
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.Linear(2048, 512))
+    x = torch.randn(8, 512)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def forward(rows):
+        return {"loss": model(x[rows.start:rows.stop]).square().mean()}
+
+    direct = gradient_summing(lambda: accumulated_step(model, optimizer, range(8), 1, forward))
+    accum = gradient_summing(lambda: accumulated_step(model, optimizer, range(8), 4, forward))
+    assert (direct["calls"], accum["calls"]) == (4, 16)
+    assert accum["seconds"] > direct["seconds"] > 0
 
 
 def test_fresh_worker_returns_its_last_json_line_or_its_error(tmp_path):

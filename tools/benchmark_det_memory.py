@@ -29,7 +29,8 @@ its twin (``--variants`` to change): the first step's resident peak above the RS
 it, gradients included, in fresh processes with the default allocator and with mmap malloc,
 and its exact live-tensor peak (``measure.LiveTensorPeak``, in another step); step time
 per image from ``--steps`` rounds in the accumulating process, each timing the batch at
-once, accumulated, and as separate micro-batch steps (``measure.accumulation_times``).
+once, accumulated, and as separate micro-batch steps, and the CPU time that summing the
+gradients takes as a share of the direct step (``measure.accumulation_times``).
 
 Prints a markdown table; ``--json FILE`` also writes the numbers.
 """
@@ -206,7 +207,7 @@ def accum_table(rows) -> str:
                "ACCUM_ITER", "images per micro-batch", "peak MB", "vs twin",
                "peak MB (mmap malloc)", "vs twin", "live tensors MB", "vs twin",
                "s per image (direct / accumulating / separate micro-batches)",
-               "accumulating vs direct", "accumulating vs separate"]
+               "accumulating vs direct", "accumulating vs separate", "summing gradients"]
     out = []
     for r in rows:
         t = twin[r["accum"]]
@@ -217,7 +218,8 @@ def accum_table(rows) -> str:
                                    fmt(r[key] / t[key] if r[key] and t[key] else None, ".2f", "x"))]
                    + [f"{r['s_direct']:.2f} / {r['s_accum']:.2f} / {r['s_separate']:.2f}" if timed else "",
                       fmt(r["accum_overhead"] * 100 if timed else None, "+.1f", "%"),
-                      fmt(r["accum_vs_separate"] * 100 if timed else None, "+.1f", "%")])
+                      fmt(r["accum_vs_separate"] * 100 if timed else None, "+.1f", "%"),
+                      fmt(r["summing_share"] * 100 if timed else None, "+.2f", "%")])
     return markdown_table(headers, out)
 
 

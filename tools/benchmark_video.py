@@ -460,13 +460,14 @@ def accum_table(rows: List[dict], batch: int, frames: int, size: int) -> str:
                    + [cell for k in ("peak_mb", "peak_mmap_mb", "live_mb")
                       for cell in (f"{r[k]:.0f}", f"{r[k] / t[k]:.2f}x")]
                    + ([f"{r['s_direct']:.2f} / {r['s_accum']:.2f} / {r['s_separate']:.2f}",
-                       f"{r['accum_overhead'] * 100:+.1f}%", f"{r['accum_vs_separate'] * 100:+.1f}%"]
-                      if timed else ["", "", ""]))
+                       f"{r['accum_overhead'] * 100:+.1f}%", f"{r['accum_vs_separate'] * 100:+.1f}%",
+                       f"{r['summing_share'] * 100:+.2f}%"]
+                      if timed else ["", "", "", ""]))
     return markdown_table(
         [f"model (batch {batch}, {frames}x{size}x{size})", "ACCUM_ITER", "clips per micro-batch",
          "peak MB", "vs twin", "peak MB (mmap malloc)", "vs twin", "live tensors MB", "vs twin",
          "s per clip (direct / accumulating / separate micro-batches)", "accumulating vs direct",
-         "accumulating vs separate"], out)
+         "accumulating vs separate", "summing gradients"], out)
 
 
 def main(argv=None) -> int:

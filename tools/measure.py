@@ -248,7 +248,8 @@ def accumulation_times(model: nn.Module, batch: Sequence, accum: int, forward: C
     ``accum`` vs ``direct`` is what a user pays for accumulating; ``accum`` vs ``separate``
     isolates the accumulation itself from the cost of running smaller batches, which on a
     CPU is mostly the kernels' efficiency at a small batch. Medians of the rounds, and the
-    two overheads as medians of per-round ratios.
+    two overheads as medians of per-round ratios; ``summing_share``: the CPU time summing
+    the gradients takes (``gradient_summing``), as a share of the direct step.
     """
     from backbones.training import split_batch
 
@@ -265,7 +266,28 @@ def accumulation_times(model: nn.Module, batch: Sequence, accum: int, forward: C
     out = {f"s_{key}": statistics.median(values) for key, values in times.items()}
     out["accum_overhead"] = paired_ratios(times["accum"], times["direct"])["median"] - 1
     out["accum_vs_separate"] = paired_ratios(times["accum"], times["separate"])["median"] - 1
+    summing = {n: gradient_summing(lambda: step(n)) for n in ("direct", "accum")}
+    out["summing_share"] = ((summing["accum"]["seconds"] - summing["direct"]["seconds"])
+                            / (out["s_direct"] * len(batch)))
     return out
+
+
+def gradient_summing(step: Callable[[], object]) -> Dict[str, float]:
+    """CPU time ``step`` spends in autograd's ``AccumulateGrad`` nodes (``seconds``, from the
+    profiler) and how many ran (``calls``): the work gradient accumulation itself adds.
+
+    Into a ``.grad`` that is None the node only stores the new gradient; into an existing
+    one it adds it. So an accumulated step's ``seconds`` minus a direct step's is what
+    summing the micro-batches' gradients costs, apart from the speed of the kernels at a
+    smaller batch, and without the noise of comparing two wall times on a shared machine.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    nodes = [e for e in prof.key_averages() if e.key == "torch::autograd::AccumulateGrad"]
+    return {"seconds": sum(e.cpu_time_total for e in nodes) / 1e6,
+            "calls": sum(e.count for e in nodes)}
 
 
 # ------------------------------------------------------------------ results
