@@ -45,6 +45,7 @@ from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.solver import LRMultiplier, WarmupParamScheduler  # noqa: E402
 from detectron2.solver.build import get_default_optimizer_params  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.file_io import PathManager  # noqa: E402
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler  # noqa: E402
 
 from backbones.lr_decay import POS_EMBED_NAMES, lr_factor_func  # noqa: E402
@@ -241,8 +242,14 @@ def evaluate(cfg, model: torch.nn.Module, videos=None) -> "OrderedDict[str, floa
     results = inference_on_dataset(MultiViewClassifier(model, device, normalize), loader, evaluator)
     if comm.is_main_process() and results:
         logger.info("Results:\n" + format_results(results, cfg))
-        if cfg.OUTPUT_DIR:
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
-                json.dump(dict(results, weights=cfg.MODEL.WEIGHTS, arch=cfg.MODEL.ARCH), f, indent=1)
+        save_results(cfg, results)
     return results
+
+
+def save_results(cfg, results: Dict[str, float]) -> None:
+    """``OUTPUT_DIR/eval_results.json``: the metrics, the weights and the architecture (through
+    Detectron2's ``PathManager``, so any OUTPUT_DIR the checkpoints can use works)."""
+    if cfg.OUTPUT_DIR:
+        PathManager.mkdirs(cfg.OUTPUT_DIR)
+        with PathManager.open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+            json.dump(dict(results, weights=cfg.MODEL.WEIGHTS, arch=cfg.MODEL.ARCH), f, indent=1)

@@ -36,6 +36,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.file_io import PathManager  # noqa: E402
 from revdet import shapes  # noqa: E402
 from revdet.checkpoint import RevDetCheckpointer  # noqa: E402
 from revvision.checkpointer import last_checkpoint  # noqa: E402
@@ -80,7 +81,7 @@ def report(cfg, model, results) -> None:
         return
     table = ap_table(results)
     print("\nCOCO AP (%s):\n%s\n" % (", ".join(cfg.DATASETS.TEST), table), flush=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
+    with PathManager.open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
         f.write(table + "\n")
     if cfg.TEST.VIS_IMAGES > 0 and cfg.DATASETS.TEST:
         out = os.path.join(cfg.OUTPUT_DIR, "vis")

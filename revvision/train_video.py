@@ -45,6 +45,7 @@ import torch  # noqa: E402
 import revvideo  # noqa: E402  (first: pytorchvideo's torchvision import fix)
 from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.file_io import PathManager  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from revvideo.engine import Trainer, evaluate, resolve_device  # noqa: E402
 from revvideo.model import build_model  # noqa: E402
@@ -93,7 +94,7 @@ def setup(args):
 def report(cfg, results) -> None:
     """Keep the final table (already logged by ``evaluate``) in OUTPUT_DIR/results.md."""
     if comm.is_main_process() and results and cfg.OUTPUT_DIR:
-        with open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
+        with PathManager.open(os.path.join(cfg.OUTPUT_DIR, "results.md"), "w") as f:
             f.write(format_results(results, cfg) + "\n")
 
 

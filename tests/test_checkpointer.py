@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
@@ -183,3 +184,29 @@ def test_importing_revdet_and_revvideo_leaves_fvcore_unpatched():
     loader = Checkpointer.__dict__["_load_file"]
     assert loader.__module__ == "fvcore.common.checkpoint"
     assert loader.__qualname__ == "Checkpointer._load_file"
+
+
+def test_results_files_go_to_a_non_local_output_dir(store, tmp_path, monkeypatch):
+    """results.md of both tools and the video tool's eval_results.json land in OUTPUT_DIR
+    through its iopath handler, like the checkpoints, not in a local folder of that name."""
+    import json
+
+    import revvideo.engine
+    from revvision import train_det, train_video
+
+    output_dir, behind = store
+    monkeypatch.chdir(tmp_path)
+    video_cfg = revvideo.get_cfg()
+    video_cfg.OUTPUT_DIR = output_dir
+    results = {"top1": 61.25, "top5": 97.5, "videos": 6, "skipped": 0}
+    revvideo.engine.save_results(video_cfg, results)
+    train_video.report(video_cfg, results)
+    assert json.loads((behind / "eval_results.json").read_text())["top1"] == 61.25
+    assert "61.25" in (behind / "results.md").read_text()
+    (behind / "results.md").unlink()
+
+    det_cfg = revdet.add_revdet_config(get_cfg())
+    det_cfg.OUTPUT_DIR, det_cfg.TEST.VIS_IMAGES = output_dir, 0
+    train_det.report(det_cfg, None, {"bbox": {"AP": 12.5, "AP50": 30.0}})
+    assert "12.5" in (behind / "results.md").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["remote"]
