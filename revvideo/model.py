@@ -8,6 +8,7 @@ videos with ``V`` views each -> softmax scores ``(B, V, K)``.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Callable, Dict, Optional
 
@@ -17,8 +18,21 @@ from torch import nn
 import backbones
 from backbones.config_keys import model_config_from_cfg
 from backbones.errors import ConfigError
+from detectron2.utils.file_io import PathManager
 
 logger = logging.getLogger(__name__)
+
+
+def local_weights(path: str) -> str:
+    """A local copy of weights on any storage Detectron2's ``PathManager`` has a handler for
+    (as its checkpointer does), e.g. the last checkpoint of a non-local OUTPUT_DIR; local
+    paths and http(s) URLs (which ``backbones`` downloads itself) are returned as given."""
+    if not path or os.path.exists(path) or backbones.checkpoint.files.is_url(path):
+        return path
+    try:
+        return PathManager.get_local_path(path)
+    except (OSError, ValueError):  # no handler took it: the loader names the missing file
+        return path
 
 
 def model_config(cfg) -> backbones.ModelConfig:
@@ -40,7 +54,7 @@ def build_model(cfg, weights: Optional[str] = None, allow_new_head: bool = False
     that with ``allow_new_head`` (training) a classifier head of another size is left
     freshly initialised, e.g. to fine-tune Kinetics-400 weights on Kinetics-600.
     """
-    weights = cfg.MODEL.WEIGHTS if weights is None else weights
+    weights = local_weights(cfg.MODEL.WEIGHTS if weights is None else weights)
     rev_options = dict(rev_backprop=cfg.MODEL.REV_BACKPROP,
                        recompute_transitions=cfg.MODEL.RECOMPUTE_TRANSITIONS)
     if cfg.MODEL.ARCH == "weights":

@@ -210,3 +210,22 @@ def test_results_files_go_to_a_non_local_output_dir(store, tmp_path, monkeypatch
     train_det.report(det_cfg, None, {"bbox": {"AP": 12.5, "AP50": 30.0}})
     assert "12.5" in (behind / "results.md").read_text()
     assert sorted(os.listdir(tmp_path)) == ["remote"]
+
+
+def test_video_weights_load_from_a_non_local_output_dir(store):
+    """``--eval-only --resume`` builds the video model from the last checkpoint of OUTPUT_DIR,
+    which may be on any storage with a PathManager handler (Detectron2's checkpointer reads
+    such paths too)."""
+    from pathlib import Path
+
+    from revvideo.model import build_model
+
+    output_dir, _ = store
+    cfg = revvideo.get_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "demo_video_revmvit.yaml"))
+    trained = build_model(cfg)
+    with torch.no_grad():
+        trained.head.projection.weight.add_(1.0)
+    VideoCheckpointer(trained, output_dir).save("model_final")
+    loaded = build_model(cfg, weights=last_checkpoint(output_dir))
+    assert torch.equal(loaded.head.projection.weight, trained.head.projection.weight)
