@@ -17,7 +17,8 @@ also says how many frames the window had (``decoded_frames``), for ``DATA.MIN_FR
 An optional *frame transform* is applied to each converted frame before the clip is
 stacked: the test views scale and crop their 80 frames there (``TestViews.prepare_frame``),
 so a 720p clip of 80 frames (221 MB, a second of page faults on this project's machines)
-never exists, and the frames are written channels-first as the model takes them.
+never exists. A clip is a ``(C, K, H, W)`` view of ``(K, H, W, C)`` memory, the frames as
+converted (``SelectiveVideo._stack``).
 
 ``DATA.DECODING_THREADS`` sets PyAV's decoder threads: 1 decodes in the loader's own
 thread; n > 1 (or 0: one per core) turns on FFmpeg's frame and slice threading
@@ -113,24 +114,19 @@ class SelectiveVideo(EncodedVideoPyAV):
     def _stack(self, frames: List[np.ndarray], where: List[int]) -> torch.Tensor:
         """``(C, K, H, W)`` uint8: ``frames[where[k]]`` at position ``k``.
 
-        Transformed frames (final, e.g. test views) are written contiguous channels-first, a
-        transposing copy per frame (measured 2x cheaper than transposing the stacked clip);
-        otherwise the stacked ``(K, H, W, C)`` frames are seen as ``(C, K, H, W)``, the layout
-        of torch's fast uint8 scaling, which the training transform does next. numpy
+        The frames are stacked as they come, ``(K, H, W, C)``, and seen as ``(C, K, H, W)``
+        (channels-last strides): the layout of torch's fast uint8 scaling, which the
+        training transform does next, and no transposing copy here. The one copy that makes
+        a clip or view contiguous channels-first comes later anyway (the training
+        transform's ``Contiguous``, collating in a loader worker, or the float copy of the
+        normalisation), and does the transpose on the way (profiled at 340x256: a transposing
+        write per frame here cost about as much as converting the frame to RGB). numpy
         allocates the clip: filling a fresh 44 MB numpy array (16 frames of 720p) measured
         4-5x faster than a fresh torch tensor on this project's machines, where page faults
         are expensive (numpy asks for huge pages with madvise, torch does not).
         """
-        if self._frame_transform is None:
-            stacked = np.stack(frames)
-            if len(frames) < len(where):
-                stacked = stacked[where]
-            return torch.from_numpy(stacked).permute(3, 0, 1, 2)  # (K, H, W, C) -> (C, K, H, W)
-        h, w, c = frames[0].shape
-        video = np.empty((c, len(where), h, w), dtype=np.uint8)
-        for position, k in enumerate(where):
-            video[:, position] = frames[k].transpose(2, 0, 1)
-        return torch.from_numpy(video)
+        stacked = np.stack(frames if where == list(range(len(frames))) else [frames[k] for k in where])
+        return torch.from_numpy(stacked).permute(3, 0, 1, 2)  # (K, H, W, C) -> (C, K, H, W)
 
     def _indices(self, num_decoded: int) -> torch.Tensor:
         if self._select is None:

@@ -143,15 +143,24 @@ class TestViews:
 
     def views_of_prepared(self, sample: Dict) -> Dict:
         """The views of ``select``'s frames after ``prepare`` ``(C, clips*T, H, W)``, in their
-        dtype (uint8 or float pixel values, not normalised)."""
+        dtype (uint8 or float pixel values, not normalised), in the frames' memory layout.
+
+        With one crop the views are the prepared frames themselves, seen as
+        ``(clips, C, T, crop, crop)`` without a copy; three crops are copied into one
+        numpy-allocated buffer laid out ``(views, T, crop, crop, C)`` like the decoder's frames
+        (a copy in the same layout is the cheap one). The copy to the model's contiguous layout
+        is left to collation or normalisation, which copy anyway.
+        """
         clips = sample["video"]
-        crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)  # one crop: the prepared frames
-        crops = [uniform_crop(clip, self.crop_size, i)
-                 for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
-        # copied into one numpy-allocated tensor instead of stacked
-        views = numpy_allocated((len(crops), *crops[0].shape), clips.dtype)
-        for view, crop in zip(views, crops):
-            view.copy_(crop)
+        if self.num_crops == 1:  # the prepared frames are the center crop
+            views = uniform_crop(clips, self.crop_size, 1).unflatten(1, (-1, self.num_frames)).transpose(0, 1)
+        else:
+            crops = [uniform_crop(clip, self.crop_size, i)
+                     for clip in clips.split(self.num_frames, dim=1) for i in (0, 1, 2)]
+            c, t, h, w = crops[0].shape
+            views = numpy_allocated((len(crops), t, h, w, c), clips.dtype).permute(0, 4, 1, 2, 3)
+            for view, crop in zip(views, crops):
+                view.copy_(crop)
         sample["video"] = views
         return sample
 
