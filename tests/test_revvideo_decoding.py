@@ -132,6 +132,15 @@ def test_selected_frames_come_in_the_selectors_order_with_repeats(videos):
     assert torch.equal(clip, every.index_select(1, index))
 
 
+def test_whole_videos_skip_unkept_non_reference_frames_and_give_the_same_frames(videos):
+    for (path, _), (frames, fps) in zip(videos[1], VIDEOS):
+        index = _official_frames(frames, fps)
+        every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
+        video = SelectiveVideo.from_path(path, lambda n, _: index)
+        assert torch.equal(video.get_clip(0, video.duration + 1)["video"], every.index_select(1, index))
+        assert 0 < video.frames_skipped < frames - len(torch.unique(index))  # x264's B-frames
+
+
 def test_decoding_threads_do_not_change_the_frames(videos):
     path = videos[1][0][0]
     one = SelectiveVideo.from_path(path, UniformFrames(6), threads=1).get_clip(Fraction(1, 2), 2)
