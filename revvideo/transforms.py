@@ -124,9 +124,14 @@ class ToUnitFloat(torch.nn.Module):
 
 
 class Contiguous(torch.nn.Module):
-    """The clip copied to contiguous ``(C, T, H, W)`` memory (see ``ToUnitFloat``)."""
+    """The clip in contiguous ``(C, T, H, W)`` memory (see ``ToUnitFloat``): copied, except
+    in a loader worker, whose ``default_collate`` copies the clips into contiguous shared
+    memory anyway (copying then collating 8 clips of 16x224x224 there measured 30 ms,
+    collating them as they are 24 ms)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous() or torch.utils.data.get_worker_info() is not None:
+            return x
         return numpy_allocated(x.shape, x.dtype).copy_(x)
 
 

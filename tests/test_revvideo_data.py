@@ -109,6 +109,16 @@ def test_train_transform_with_rand_augment_keeps_shape(shapes_dir):
     assert sample["video"].shape == (3, 4, 20, 20) and torch.isfinite(sample["video"]).all()
 
 
+def test_clips_are_made_contiguous_once(monkeypatch):
+    from revvideo.transforms import Contiguous
+
+    clip = torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8).permute(3, 0, 1, 2)
+    out = Contiguous()(clip)
+    assert out.is_contiguous() and torch.equal(out, clip)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # in a worker:
+    assert Contiguous()(clip) is clip  # default_collate makes the batch contiguous
+
+
 def test_collated_clips_keep_their_values_and_memory_layout():
     from torch.utils.data import default_collate
 
