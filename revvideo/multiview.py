@@ -33,9 +33,12 @@ moves pixels by at most one grey level from scaling in float (see ``revvideo.tra
 
 The test loader has the decoder scale each kept frame once and cut it to the part the
 views use (``prepare_frame``: the center crop, or the whole scaled frame for three crops),
-so the views are slices of the decoded frames; it delivers them in uint8, and
+skipping the frames no view keeps that H.264 lets it skip (``revvideo.decoding``), so the
+views are slices of the decoded frames (with one crop, views of them without a copy, in
+the decoder's ``(T, H, W, C)`` memory layout); it delivers them in uint8, and
 ``revvideo.model.MultiViewClassifier`` normalises them (``TestViews.normalize``) before the
-model: the same floats, 4x fewer bytes to move, no float views written in the loader.
+model: the same floats, 4x fewer bytes to move, no float views written in the loader, and
+the normalisation's float copy is the one that makes them channels-first.
 """
 
 from __future__ import annotations
