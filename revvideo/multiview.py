@@ -44,6 +44,7 @@ the normalisation's float copy is the one that makes them channels-first.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -57,7 +58,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
 
-from .transforms import NormalizeClips, numpy_allocated, scale_short_side  # noqa: E402
+from .transforms import NormalizeClips, numpy_allocated, scale_short_side, short_side_scaled  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,12 @@ class TestViews:
     def prepare_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """``prepare`` of one decoded ``(H, W, 3)`` frame (a frame transform for the decoder:
         the 80 frames of 5 views are scaled and cropped one by one, never held whole)."""
+        h, w, _ = frame.shape
+        if (self.num_crops == 1 and short_side_scaled(h, w, self.short_side) == (h, w)
+                and min(h, w) >= self.crop_size):
+            # nothing to scale (e.g. Kinetics at 340x256): the center crop, sliced at once
+            y, x = math.ceil((h - self.crop_size) / 2), math.ceil((w - self.crop_size) / 2)
+            return frame[y:y + self.crop_size, x:x + self.crop_size]
         return self.prepare(frame.permute(2, 0, 1)[:, None])[:, 0].permute(1, 2, 0)
 
     def views_of_prepared(self, sample: Dict) -> Dict:

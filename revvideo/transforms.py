@@ -87,6 +87,11 @@ def _stack_in_numpy_memory(batch: List[torch.Tensor], *, collate_fn_map=None) ->
     return out
 
 
+def short_side_scaled(h: int, w: int, size: int) -> Tuple[int, int]:
+    """The ``(height, width)`` pytorchvideo's ``short_side_scale`` gives a frame of ``(h, w)``."""
+    return (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
+
+
 def scale_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     """pytorchvideo's ``short_side_scale`` (same output size, bilinear, ``align_corners=False``)
     for uint8 as well as float ``(C, T, H, W)`` clips.
@@ -96,7 +101,7 @@ def scale_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     (bilinear scaling to the same size is the identity).
     """
     c, t, h, w = video.shape
-    new_h, new_w = (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
+    new_h, new_w = short_side_scaled(h, w, size)
     if (new_h, new_w) == (h, w):
         return video
     frames = video.permute(1, 0, 2, 3)

@@ -85,6 +85,15 @@ def test_three_spatial_crops_are_left_center_right():
     assert [out[i, 0, 0, 0, 0].item() for i in range(3)] == [0.0, 8.0, 16.0]
 
 
+@pytest.mark.parametrize("h,w", [(16, 24), (24, 16), (20, 30), (16, 16)])  # unscaled, scaled
+@pytest.mark.parametrize("num_crops", [1, 3])
+def test_a_prepared_frame_is_the_prepared_clips_frame(h, w, num_crops):
+    views = multiview.TestViews(4, 1, 30, 2, num_crops, 16, 16, [0.0] * 3, [1.0] * 3)
+    frame = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8)
+    want = views.prepare(frame.permute(2, 0, 1)[:, None].contiguous())[:, 0].permute(1, 2, 0)
+    assert torch.equal(views.prepare_frame(frame), want)
+
+
 @pytest.mark.parametrize("num_crops", [1, 3])
 def test_views_of_channels_last_frames_equal_the_contiguous_views(num_crops):
     """The decoder's frames are ``(C, K, H, W)`` views of ``(K, H, W, C)`` memory; their
