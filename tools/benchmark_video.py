@@ -21,7 +21,8 @@ with ``TRAIN.BATCH_SIZE`` ``--loader-batch``, ``build_test_loader``'s with the c
 ``TEST.BATCH_SIZE``): collated batches, in the workers when there are any; throughput is
 counted in clips (or videos) and batches per second, without the first batch of each
 loader worker (its start-up; in one process, the first batch), so 0 and 2 workers are
-timed from their steady state. Every pipeline runs once per round on the same
+timed from their steady state (``--loader-batch 0``: one clip or video per item, not
+collated, as this benchmark measured before). Every pipeline runs once per round on the same
 random clips (interleaved), and each ratio is the median over rounds of a ratio taken
 within a round. ``--pipelines`` runs some of them (with their references).
 
@@ -210,10 +211,11 @@ def _loading_cfg(aug: bool = False, threads: int = 1, workers: int = 0, batch: i
 
 def loader_batch(key: str, train_batch: int) -> int:
     """Clips (or test videos) per item of pipeline ``key``: the batches of the user's loaders
-    for the train and test pipelines, single clips for the others."""
-    if key.startswith("train"):
+    for the train and test pipelines (``train_batch`` 0: single clips and videos, the
+    measurement before batches), single clips for the others."""
+    if key.startswith("train") and train_batch:
         return train_batch
-    return _loading_cfg().TEST.BATCH_SIZE if key.startswith("test") else 1
+    return _loading_cfg().TEST.BATCH_SIZE if key.startswith("test") and train_batch else 1
 
 
 def warmup_items(key: str) -> int:
@@ -252,7 +254,9 @@ def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
         unnormalised = pipeline_items(key.split("_")[0], paths, train_batch)
         return (dict(batch, video=normalise(batch["video"])) for batch in unnormalised)
     if key == "test":
-        return build_test_loader(cfg, build_test_dataset(cfg, VideoList(rows, "benchmark", None)))
+        dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
+        if train_batch:
+            return build_test_loader(cfg, dataset)
     if key == "pytorchvideo":
         dataset = LabeledVideoDataset([(p, {"label": 0}) for p in paths], RandomClipSampler(seconds),
                                       in_order, ApplyTransformToKey("video", UniformTemporalSubsample(16)),
@@ -261,9 +265,9 @@ def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
         transform = None if key == "decode" else train_transform(cfg)
         dataset = VideoDataset(rows, RandomClipSampler(seconds), in_order, transform,
                                cfg.DATA.MIN_FRAMES, UniformFrames(CLIP_FRAMES), cfg.DATA.DECODING_THREADS)
-        if transform is not None:
+        if transform is not None and train_batch:
             return build_train_loader(cfg, dataset=dataset).loader
-    return torch.utils.data.DataLoader(dataset, batch_size=None)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=WORKERS.get(key, 0))
 
 
 def _with_references(keys: List[str]) -> set:
@@ -520,7 +524,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-videos", type=int, default=8, help="loading: videos per test pipeline and round")
     p.add_argument("--rounds", type=int, default=3, help="loading: interleaved rounds (median)")
     p.add_argument("--loader-batch", type=int, default=8,
-                   help="loading: TRAIN.BATCH_SIZE of the train pipelines' loaders")
+                   help="loading: TRAIN.BATCH_SIZE of the train pipelines' loaders (0: one clip "
+                        "or test video at a time, no collation, as measured before)")
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES),
                    help="loading: the pipelines to time (their references are timed too)")
     p.add_argument("--batch-size", type=int, default=1)
