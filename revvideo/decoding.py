@@ -218,13 +218,14 @@ class SelectiveVideo(EncodedVideoPyAV):
         """``_decode`` of a whole video, converting, that does not decode the frames that are
         neither kept nor referred to by other frames (FFmpeg's ``skip_frame`` "NONREF", set
         packet by packet): the 80 frames of the test views are about a third of a 10 s video,
-        and H.264 encoders make about a third of all frames non-reference B-frames.
+        and a fifth of the frames of the benchmark's 340x256 H.264 videos are non-reference
+        B-frames.
 
         The frames are known in advance from the packets: all of them are read first, and their
         PTS are the frames' (one frame per packet). None, for ``_decode`` to decode every
-        frame, if a packet has no PTS or the decoder does not give exactly the frames the
-        packets promise. Only with one decoding thread (the frame threads of FFmpeg would see
-        the setting change under them).
+        frame, if a packet has no PTS, a kept frame does not come out of the decoder, or a frame
+        comes out that no packet announced. Only with one decoding thread (FFmpeg's frame
+        threads would see the setting change under them).
         """
         stream = self._container.streams.video[0]
         self._container.seek(int(max(start - 1024, 0)), any_frame=False, backward=True, stream=stream)
