@@ -257,6 +257,7 @@ def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
         dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
         if train_batch:
             return build_test_loader(cfg, dataset)
+        return torch.utils.data.DataLoader(dataset, batch_size=None)
     if key == "pytorchvideo":
         dataset = LabeledVideoDataset([(p, {"label": 0}) for p in paths], RandomClipSampler(seconds),
                                       in_order, ApplyTransformToKey("video", UniformTemporalSubsample(16)),
