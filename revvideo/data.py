@@ -49,6 +49,7 @@ from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths  # noqa: E40
 from pytorchvideo.data.video import VideoPathHandler  # noqa: E402
 
 from .decoding import FrameSelector, FrameTransform, SelectiveVideo, UniformFrames  # noqa: E402
+from .transforms import collate_clips  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +374,8 @@ def build_train_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset
 def build_train_loader(cfg, start_epoch: int = 0, dataset: Optional[VideoDataset] = None) -> "EpochLoop":
     dataset = dataset or build_train_dataset(cfg)
     batch = per_process_batch(cfg.TRAIN.BATCH_SIZE, "TRAIN.BATCH_SIZE")
-    loader = DataLoader(dataset, batch_size=batch, drop_last=False, **_loader_kwargs(cfg))
+    loader = DataLoader(dataset, batch_size=batch, drop_last=False, collate_fn=collate_clips,
+                        **_loader_kwargs(cfg))
     return EpochLoop(dataset, loader, start_epoch)
 
 
@@ -391,7 +393,8 @@ def build_test_dataset(cfg, videos: Optional[VideoList] = None) -> VideoDataset:
 def build_test_loader(cfg, dataset: Optional[VideoDataset] = None) -> DataLoader:
     """Batches of ``TEST.BATCH_SIZE`` videos, each ``(views, C, T, crop, crop)``."""
     dataset = dataset or build_test_dataset(cfg)
-    return DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE, drop_last=False, **_loader_kwargs(cfg))
+    return DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE, drop_last=False, collate_fn=collate_clips,
+                      **_loader_kwargs(cfg))
 
 
 # ----------------------------------------------------------------------- epoch loop

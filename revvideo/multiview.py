@@ -33,14 +33,18 @@ moves pixels by at most one grey level from scaling in float (see ``revvideo.tra
 
 The test loader has the decoder scale each kept frame once and cut it to the part the
 views use (``prepare_frame``: the center crop, or the whole scaled frame for three crops),
-so the views are slices of the decoded frames; it delivers them in uint8, and
+skipping the frames no view keeps that H.264 lets it skip (``revvideo.decoding``), so the
+views are slices of the decoded frames (with one crop, views of them without a copy, in
+the decoder's ``(T, H, W, C)`` memory layout); it delivers them in uint8, and
 ``revvideo.model.MultiViewClassifier`` normalises them (``TestViews.normalize``) before the
-model: the same floats, 4x fewer bytes to move, no float views written in the loader.
+model: the same floats, 4x fewer bytes to move, no float views written in the loader, and
+the normalisation's float copy is the one that makes them channels-first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -54,7 +58,7 @@ from detectron2.evaluation import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from pytorchvideo.transforms.functional import uniform_crop  # noqa: E402
 
-from .transforms import NormalizeClips, numpy_allocated, scale_short_side  # noqa: E402
+from .transforms import NormalizeClips, numpy_allocated, scale_short_side, short_side_scaled  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +143,34 @@ class TestViews:
     def prepare_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """``prepare`` of one decoded ``(H, W, 3)`` frame (a frame transform for the decoder:
         the 80 frames of 5 views are scaled and cropped one by one, never held whole)."""
+        h, w, _ = frame.shape
+        if (self.num_crops == 1 and short_side_scaled(h, w, self.short_side) == (h, w)
+                and min(h, w) >= self.crop_size):
+            # nothing to scale (e.g. Kinetics at 340x256): the center crop, sliced at once
+            y, x = math.ceil((h - self.crop_size) / 2), math.ceil((w - self.crop_size) / 2)
+            return frame[y:y + self.crop_size, x:x + self.crop_size]
         return self.prepare(frame.permute(2, 0, 1)[:, None])[:, 0].permute(1, 2, 0)
 
     def views_of_prepared(self, sample: Dict) -> Dict:
         """The views of ``select``'s frames after ``prepare`` ``(C, clips*T, H, W)``, in their
-        dtype (uint8 or float pixel values, not normalised)."""
+        dtype (uint8 or float pixel values, not normalised), in the frames' memory layout.
+
+        With one crop the views are the prepared frames themselves, seen as
+        ``(clips, C, T, crop, crop)`` without a copy; three crops are copied into one
+        numpy-allocated buffer laid out ``(views, T, crop, crop, C)`` like the decoder's frames
+        (a copy in the same layout is the cheap one). The copy to the model's contiguous layout
+        is left to collation or normalisation, which copy anyway.
+        """
         clips = sample["video"]
-        crop_ids = (1,) if self.num_crops == 1 else (0, 1, 2)  # one crop: the prepared frames
-        crops = [uniform_crop(clip, self.crop_size, i)
-                 for clip in clips.split(self.num_frames, dim=1) for i in crop_ids]
-        # copied into one numpy-allocated tensor instead of stacked
-        views = numpy_allocated((len(crops), *crops[0].shape), clips.dtype)
-        for view, crop in zip(views, crops):
-            view.copy_(crop)
+        if self.num_crops == 1:  # the prepared frames are the center crop
+            views = uniform_crop(clips, self.crop_size, 1).unflatten(1, (-1, self.num_frames)).transpose(0, 1)
+        else:
+            crops = [uniform_crop(clip, self.crop_size, i)
+                     for clip in clips.split(self.num_frames, dim=1) for i in (0, 1, 2)]
+            c, t, h, w = crops[0].shape
+            views = numpy_allocated((len(crops), t, h, w, c), clips.dtype).permute(0, 4, 1, 2, 3)
+            for view, crop in zip(views, crops):
+                view.copy_(crop)
         sample["video"] = views
         return sample
 

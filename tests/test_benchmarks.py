@@ -110,7 +110,7 @@ def test_benchmark_video_memory_tiny(tmp_path):
 @pytest.mark.slow
 def test_benchmark_video_loading_tiny(tmp_path):
     _run("tools/benchmark_video.py", "loading", "--sizes", "340x256", "--videos", 1, "--clips", 2,
-         "--test-videos", 1, "--rounds", 2, "--out", tmp_path)
+         "--test-videos", 1, "--rounds", 2, "--loader-batch", 2, "--out", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {r["pipeline"]: r for r in results["loading"]}
     assert len(rows) == len(results["loading"]) == 12 and rows["floor"]["ratio"] == 1.0
@@ -119,6 +119,10 @@ def test_benchmark_video_loading_tiny(tmp_path):
         ratios = sorted(a / b for a, b in zip(r["rounds_per_s"], ref))
         assert r["ratio"] == pytest.approx(sum(ratios) / 2) and r["rounds"] == 2
     assert rows["test"]["reference"] == "full_decode" and rows["train_2_workers"]["reference"] == "train"
+    # the train and test pipelines time the users' loaders: batches of --loader-batch clips and
+    # of TEST.BATCH_SIZE videos, the first batch of each worker not timed
+    assert rows["train_2_workers"]["batch"] == 2 and rows["test"]["batch"] == 4 and rows["floor"]["batch"] == 1
+    assert all(n % 2 == 0 for n in rows["train"]["rounds_items"])
 
 
 @pytest.mark.slow

@@ -109,6 +109,34 @@ def test_train_transform_with_rand_augment_keeps_shape(shapes_dir):
     assert sample["video"].shape == (3, 4, 20, 20) and torch.isfinite(sample["video"]).all()
 
 
+def test_clips_are_made_contiguous_once(monkeypatch):
+    from revvideo.transforms import Contiguous
+
+    clip = torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8).permute(3, 0, 1, 2)
+    out = Contiguous()(clip)
+    assert out.is_contiguous() and torch.equal(out, clip)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # in a worker:
+    assert Contiguous()(clip) is clip  # default_collate makes the batch contiguous
+
+
+def test_collated_clips_keep_their_values_and_memory_layout():
+    from torch.utils.data import default_collate
+
+    from revvideo.transforms import collate_clips
+
+    views = [torch.randint(0, 256, (2, 4, 6, 5, 3), dtype=torch.uint8).permute(0, 4, 1, 2, 3)
+             for _ in range(3)]  # (views, C, T, H, W) over (views, T, H, W, C) memory
+    clips = [torch.rand(3, 4, 6, 5) for _ in range(3)]
+    for tensors in (views, clips):
+        batch = [{"video": x, "label": i} for i, x in enumerate(tensors)]
+        out, want = collate_clips(batch), default_collate(batch)
+        assert torch.equal(out["video"], want["video"]) and torch.equal(out["label"], want["label"])
+        assert out["video"][0].stride() == tensors[0].stride()  # each stacked in its own layout
+    ragged = [torch.zeros(3, 2), torch.zeros(3, 2).t()]  # (3, 2) and (2, 3): torch's own error
+    with pytest.raises(RuntimeError):
+        collate_clips(ragged)
+
+
 @pytest.mark.parametrize("crops", [1, 3])
 def test_test_dataset_output_shapes(shapes_dir, crops):
     cfg = tiny_cfg(shapes_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "TEST.NUM_SPATIAL_CROPS": crops})

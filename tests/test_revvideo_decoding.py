@@ -122,6 +122,25 @@ def test_a_wrong_frame_count_in_the_header_still_gives_the_official_frames(video
     assert len(held) == 2  # the frames the header promised were not the right ones: decoded again
 
 
+def test_selected_frames_come_in_the_selectors_order_with_repeats(videos):
+    path = videos[1][0][0]
+    every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
+    index = torch.tensor([5, 0, 5, 3, 1])
+    clip = SelectiveVideo.from_path(path, lambda n, _: index).get_clip(0, 100)["video"]
+    # (C, K, H, W) seen over the frames as converted, (K, H, W, C), without a transposing copy
+    assert clip.permute(1, 2, 3, 0).is_contiguous()
+    assert torch.equal(clip, every.index_select(1, index))
+
+
+def test_whole_videos_skip_unkept_non_reference_frames_and_give_the_same_frames(videos):
+    for (path, _), (frames, fps) in zip(videos[1], VIDEOS):
+        index = _official_frames(frames, fps)
+        every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
+        video = SelectiveVideo.from_path(path, lambda n, _: index)
+        assert torch.equal(video.get_clip(0, video.duration + 1)["video"], every.index_select(1, index))
+        assert 0 < video.frames_skipped < frames - len(torch.unique(index))  # x264's B-frames
+
+
 def test_decoding_threads_do_not_change_the_frames(videos):
     path = videos[1][0][0]
     one = SelectiveVideo.from_path(path, UniformFrames(6), threads=1).get_clip(Fraction(1, 2), 2)

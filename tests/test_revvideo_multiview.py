@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import revvideo  # noqa: F401  (pytorchvideo import fix)
 from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler
-from pytorchvideo.transforms.functional import uniform_temporal_subsample
+from pytorchvideo.transforms.functional import uniform_crop, uniform_temporal_subsample
 from revvideo import multiview
 from revvideo.multiview import MultiViewEvaluator, ViewScores, official_clip_indices
 from revvideo.transforms import BatchMix, soft_cross_entropy
@@ -83,6 +83,35 @@ def test_three_spatial_crops_are_left_center_right():
     out = views({"video": video, "fps": 30.0})["video"]  # short side already 32 = crop size
     assert out.shape == (3, 3, 2, 32, 32)
     assert [out[i, 0, 0, 0, 0].item() for i in range(3)] == [0.0, 8.0, 16.0]
+
+
+@pytest.mark.parametrize("h,w", [(16, 24), (24, 16), (20, 30), (16, 16)])  # unscaled, scaled
+@pytest.mark.parametrize("num_crops", [1, 3])
+def test_a_prepared_frame_is_the_prepared_clips_frame(h, w, num_crops):
+    views = multiview.TestViews(4, 1, 30, 2, num_crops, 16, 16, [0.0] * 3, [1.0] * 3)
+    frame = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8)
+    want = views.prepare(frame.permute(2, 0, 1)[:, None].contiguous())[:, 0].permute(1, 2, 0)
+    assert torch.equal(views.prepare_frame(frame), want)
+
+
+@pytest.mark.parametrize("num_crops", [1, 3])
+def test_views_of_channels_last_frames_equal_the_contiguous_views(num_crops):
+    """The decoder's frames are ``(C, K, H, W)`` views of ``(K, H, W, C)`` memory; their
+    views hold the values of the same frames made contiguous, cropped and stacked."""
+    num_frames, num_clips, crop = 4, 2, 16
+    frames = torch.randint(0, 256, (num_clips * num_frames, 16, 24, 3), dtype=torch.uint8)
+    views = multiview.TestViews(num_frames, 1, 30, num_clips, num_crops, 16, crop, [0.0] * 3, [1.0] * 3)
+    prepared = frames.permute(3, 0, 1, 2)
+    if num_crops == 1:
+        prepared = views.prepare(prepared)  # the center 16x16
+    out = views.views_of_prepared({"video": prepared})["video"]
+    contiguous = prepared.contiguous()
+    want = torch.stack([uniform_crop(clip, crop, i) for clip in contiguous.split(num_frames, dim=1)
+                        for i in ((1,) if num_crops == 1 else (0, 1, 2))])
+    assert out.shape == want.shape == (num_clips * num_crops, 3, num_frames, crop, crop)
+    assert torch.equal(out, want)
+    if num_crops == 1:  # the prepared frames themselves, not a copy
+        assert out.untyped_storage().data_ptr() == frames.untyped_storage().data_ptr()
 
 
 # ----------------------------------------------------------------------- aggregation

@@ -16,7 +16,13 @@ batches, not here): the loader's uint8 clips, the same normalised in this proces
 training step does (``revvideo.transforms.NormalizeClips``), with ``DATA.DECODING_THREADS``
 2 and with 2 loader workers; and the test views (the whole video decoded once, 5 clips x 1
 crop; uint8, and normalised as ``MultiViewClassifier`` does) against one full decode of the
-video. Every pipeline runs once per round on the same
+video. The train and test pipelines are the loaders users get (``build_train_loader``'s
+with ``TRAIN.BATCH_SIZE`` ``--loader-batch``, ``build_test_loader``'s with the config's
+``TEST.BATCH_SIZE``): collated batches, in the workers when there are any; throughput is
+counted in clips (or videos) and batches per second, without the first batch of each
+loader worker (its start-up; in one process, the first batch), so 0 and 2 workers are
+timed from their steady state (``--loader-batch 0``: one clip or video per item, not
+collated, as this benchmark measured before). Every pipeline runs once per round on the same
 random clips (interleaved), and each ratio is the median over rounds of a ratio taken
 within a round. ``--pipelines`` runs some of them (with their references).
 
@@ -193,28 +199,49 @@ def full_decodes(paths: List[str]):
             yield sum(1 for _ in container.decode(stream))
 
 
-def _loading_cfg(aug: bool = False, threads: int = 1):
+def _loading_cfg(aug: bool = False, threads: int = 1, workers: int = 0, batch: int = 8):
     import revvideo
 
     cfg = revvideo.get_cfg()
     cfg.merge_from_file(str(Path(__file__).resolve().parent.parent / "configs" / "kinetics_revmvit_b_16x4.yaml"))
-    cfg.merge_from_list(["AUG.ENABLE", aug, "DATA.DECODING_THREADS", threads])
+    cfg.merge_from_list(["AUG.ENABLE", aug, "DATA.DECODING_THREADS", threads,
+                         "DATA_LOADER.NUM_WORKERS", workers, "TRAIN.BATCH_SIZE", batch])
     return cfg
 
 
-def pipeline_items(key: str, paths: List[str]):
-    """An iterable of the items (clips or videos) of pipeline ``key`` over ``paths``, in order."""
+def loader_batch(key: str, train_batch: int) -> int:
+    """Clips (or test videos) per item of pipeline ``key``: the batches of the user's loaders
+    for the train and test pipelines (``train_batch`` 0: single clips and videos, the
+    measurement before batches), single clips for the others."""
+    if key.startswith("train") and train_batch:
+        return train_batch
+    return _loading_cfg().TEST.BATCH_SIZE if key.startswith("test") and train_batch else 1
+
+
+def warmup_items(key: str) -> int:
+    """Items not timed: the first batch of each loader worker (its start-up and first seek),
+    or the first item in this process."""
+    return max(1, WORKERS.get(key, 0))
+
+
+def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
+    """An iterable of the items of pipeline ``key`` over ``paths``, in order: clips or
+    videos, or for the train and test pipelines the batches of the loaders users get
+    (``build_train_loader``'s with ``TRAIN.BATCH_SIZE`` ``train_batch``, ``build_test_loader``'s
+    with the config's ``TEST.BATCH_SIZE``; collated, in loader workers if any)."""
     import torch
 
     import revvideo  # noqa: F401  (first: pytorchvideo's torchvision import fix)
     from pytorchvideo.data import LabeledVideoDataset
     from pytorchvideo.data.clip_sampling import RandomClipSampler
     from pytorchvideo.transforms import ApplyTransformToKey, UniformTemporalSubsample
-    from revvideo.data import VideoDataset, VideoList, build_test_dataset, clip_duration
+    from revvideo.data import (VideoDataset, VideoList, build_test_dataset, build_test_loader,
+                               build_train_loader, clip_duration)
     from revvideo.decoding import UniformFrames
     from revvideo.transforms import NormalizeClips, train_transform
 
-    cfg = _loading_cfg(aug=key == "train_randaug", threads=THREADS.get(key, 1))
+    cfg = _loading_cfg(aug=key == "train_randaug", threads=THREADS.get(key, 1),
+                       workers=WORKERS.get(key, 0), batch=train_batch)
     seconds = clip_duration(cfg)
     rows = [(path, 0) for path in paths]
     in_order = lambda items: torch.utils.data.SequentialSampler(items)  # noqa: E731
@@ -224,11 +251,14 @@ def pipeline_items(key: str, paths: List[str]):
         return full_decodes(paths)
     if key in ("train_normalised", "test_normalised"):
         normalise = NormalizeClips(cfg.DATA.MEAN, cfg.DATA.STD)  # uint8 clips and views
-        unnormalised = pipeline_items(key.split("_")[0], paths)
-        return (dict(sample, video=normalise(sample["video"])) for sample in unnormalised)
+        unnormalised = pipeline_items(key.split("_")[0], paths, train_batch)
+        return (dict(batch, video=normalise(batch["video"])) for batch in unnormalised)
     if key == "test":
         dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
-    elif key == "pytorchvideo":
+        if train_batch:
+            return build_test_loader(cfg, dataset)
+        return torch.utils.data.DataLoader(dataset, batch_size=None)
+    if key == "pytorchvideo":
         dataset = LabeledVideoDataset([(p, {"label": 0}) for p in paths], RandomClipSampler(seconds),
                                       in_order, ApplyTransformToKey("video", UniformTemporalSubsample(16)),
                                       decode_audio=False, decoder="pyav")
@@ -236,6 +266,8 @@ def pipeline_items(key: str, paths: List[str]):
         transform = None if key == "decode" else train_transform(cfg)
         dataset = VideoDataset(rows, RandomClipSampler(seconds), in_order, transform,
                                cfg.DATA.MIN_FRAMES, UniformFrames(CLIP_FRAMES), cfg.DATA.DECODING_THREADS)
+        if transform is not None and train_batch:
+            return build_train_loader(cfg, dataset=dataset).loader
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=WORKERS.get(key, 0))
 
 
@@ -250,15 +282,25 @@ def _with_references(keys: List[str]) -> set:
     return out
 
 
-def time_items(items) -> Dict[str, float]:
-    """Items per second after the first (warm-up: loader workers starting, first seek)."""
+def _clips_in(item) -> int:
+    """Clips (or videos) in an item: a collated batch (a tensor of labels), or one."""
+    label = item.get("label") if isinstance(item, dict) else None
+    return label.numel() if hasattr(label, "numel") else 1
+
+
+def time_items(items, warmup: int = 1) -> Dict[str, float]:
+    """Clips (or videos) per second, and items (batches) per second, after the first
+    ``warmup`` items (loader workers starting, first seek)."""
     it = iter(items)
-    next(it)
-    start, count = time.perf_counter(), 0
-    for _ in it:
-        count += 1
+    for _ in range(warmup):
+        next(it)
+    start, count, batches = time.perf_counter(), 0, 0
+    for item in it:
+        count += _clips_in(item)
+        batches += 1
     seconds = time.perf_counter() - start
-    return {"items": count, "seconds": seconds, "per_s": count / seconds}
+    return {"items": count, "batches": batches, "seconds": seconds, "per_s": count / seconds,
+            "batches_per_s": batches / seconds}
 
 
 def run_loading(args) -> List[dict]:
@@ -281,11 +323,12 @@ def run_loading(args) -> List[dict]:
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
                 label, unit, _, share = PIPELINES[key]
                 count = args.test_videos if unit == "videos/s" else args.clips
-                count = max(3, round(count * share)) + 1  # + the warm-up item
+                batch, warmup = loader_batch(key, args.loader_batch), warmup_items(key)
+                count = (warmup + -(-max(3, round(count * share)) // batch)) * batch
                 items = [paths[i % len(paths)] for i in range(count)]
                 random.seed(r)  # RandomClipSampler: the same clips in every pipeline of a round
                 torch.manual_seed(r)
-                result = time_items(pipeline_items(key, items))
+                result = time_items(pipeline_items(key, items, args.loader_batch), warmup)
                 rounds.setdefault((size, key), []).append(result)
                 print(json.dumps(dict(round=r, size=size, pipeline=key, **result)), flush=True)
     rows = []
@@ -297,8 +340,10 @@ def run_loading(args) -> List[dict]:
         ratios = [a["per_s"] / b["per_s"] for a, b in zip(results, ref)]
         rows.append(dict(size=size, pipeline=key, label=label, unit=unit, reference=reference,
                          workers=WORKERS.get(key, 0), decoding_threads=THREADS.get(key, 1),
+                         batch=loader_batch(key, args.loader_batch),
                          per_s=statistics.median(r["per_s"] for r in results),
                          rounds_per_s=[r["per_s"] for r in results],
+                         rounds_items=[r["items"] for r in results],
                          ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
                          items=sum(r["items"] for r in results), rounds=len(results)))
     for row in rows:
@@ -434,8 +479,10 @@ def run_accum(args) -> List[dict]:
 # --------------------------------------------------------------------------------- tables
 def loading_table(rows: List[dict]) -> str:
     return markdown_table(
-        ["videos", "pipeline", "workers", "throughput", "ratio (median of rounds)", "to", "range"],
-        [[r["size"], r["label"], r["workers"], f"{r['per_s']:.2f} {r['unit']}", f"{r['ratio']:.2f}x",
+        ["videos", "pipeline", "workers", "batch", "throughput", "ratio (median of rounds)", "to",
+         "range"],
+        [[r["size"], r["label"], r["workers"], r["batch"], f"{r['per_s']:.2f} {r['unit']}",
+          f"{r['ratio']:.2f}x",
           "itself" if r["reference"] == r["pipeline"] else r["reference"],
           f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"] for r in rows])
 
@@ -478,6 +525,9 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=24, help="loading: clips per pipeline and round")
     p.add_argument("--test-videos", type=int, default=8, help="loading: videos per test pipeline and round")
     p.add_argument("--rounds", type=int, default=3, help="loading: interleaved rounds (median)")
+    p.add_argument("--loader-batch", type=int, default=8,
+                   help="loading: TRAIN.BATCH_SIZE of the train pipelines' loaders (0: one clip "
+                        "or test video at a time, no collation, as measured before)")
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES),
                    help="loading: the pipelines to time (their references are timed too)")
     p.add_argument("--batch-size", type=int, default=1)
