@@ -73,14 +73,17 @@ def collate_clips(batch: List) -> Any:
 
 
 def _stack_in_numpy_memory(batch: List[torch.Tensor], *, collate_fn_map=None) -> torch.Tensor:
+    def torch_stack():  # default_collate's own way: its error for ragged shapes
+        return default_collate_fn_map[torch.Tensor](batch, collate_fn_map=collate_fn_map)
+
     first = batch[0]
+    if first.device.type != "cpu" or any(x.shape != first.shape for x in batch):
+        return torch_stack()
     order = sorted(range(first.dim()), key=lambda d: -first.stride(d))  # outermost dim first
     try:
-        if first.device.type != "cpu" or any(x.shape != first.shape for x in batch):
-            raise TypeError("not CPU tensors of one shape")
         memory = numpy_allocated((len(batch), *(first.shape[d] for d in order)), first.dtype)
-    except TypeError:  # also a dtype numpy does not have (bfloat16)
-        return default_collate_fn_map[torch.Tensor](batch, collate_fn_map=collate_fn_map)
+    except TypeError:  # a dtype numpy does not have (bfloat16)
+        return torch_stack()
     out = memory.permute(0, *(order.index(d) + 1 for d in range(first.dim())))
     for row, x in zip(out, batch):
         row.copy_(x)
