@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -19,6 +19,8 @@ import backbones
 from backbones.config_keys import model_config_from_cfg
 from backbones.errors import ConfigError
 from detectron2.utils.file_io import PathManager
+
+from .transforms import NormalizeClips
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +103,28 @@ def _describe(model: backbones.MViT) -> str:
 
 
 class MultiViewClassifier(nn.Module):
-    """Evaluation wrapper: ``{"video": (B, V, C, T, H, W)}`` -> softmax scores ``(B, V, K)``.
-    ``normalize`` makes the test loader's uint8 views the model's input, on the device
-    (``revvideo.multiview.TestViews.normalize``)."""
+    """Evaluation wrapper: a test batch of ``B`` videos with ``V`` views each -> softmax
+    scores ``(B, V, K)``. A batch is the test loader's list of samples (Detectron2's
+    convention; each ``video`` ``(V, C, T, H, W)``) or a collated ``{"video": (B, V, C, T,
+    H, W)}``. ``normalize`` (``revvideo.multiview.TestViews.normalize``) makes the loader's
+    uint8 views the model's input on the device, each video written straight into the
+    float batch."""
 
-    def __init__(self, model: nn.Module, device: torch.device,
-                 normalize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(self, model: nn.Module, device: torch.device, normalize: Optional[NormalizeClips] = None):
         super().__init__()
         self.model, self.device, self.normalize = model, device, normalize
 
-    def forward(self, batch: Dict) -> torch.Tensor:
-        videos = batch["video"].to(self.device, non_blocking=True)
-        if self.normalize is not None:
-            videos = self.normalize(videos)
+    def forward(self, batch: Union[Dict, List[Dict]]) -> torch.Tensor:
+        videos = self._videos(batch)
         b, v = videos.shape[:2]
         logits = self.model(videos.flatten(0, 1))
         return torch.softmax(logits.float(), dim=-1).view(b, v, -1)
+
+    def _videos(self, batch: Union[Dict, List[Dict]]) -> torch.Tensor:
+        if isinstance(batch, dict):
+            videos = batch["video"].to(self.device, non_blocking=True)
+            return videos if self.normalize is None else self.normalize(videos)
+        views = [sample["video"] for sample in batch]
+        if self.normalize is None:
+            return torch.stack(views).to(self.device, non_blocking=True)
+        return self.normalize.stacked(views, self.device)

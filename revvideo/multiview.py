@@ -35,10 +35,10 @@ The test loader has the decoder scale each kept frame once and cut it to the par
 views use (``prepare_frame``: the center crop, or the whole scaled frame for three crops),
 skipping the frames no view keeps that H.264 lets it skip (``revvideo.decoding``), so the
 views are slices of the decoded frames (with one crop, views of them without a copy, in
-the decoder's ``(T, H, W, C)`` memory layout); it delivers them in uint8, and
-``revvideo.model.MultiViewClassifier`` normalises them (``TestViews.normalize``) before the
-model: the same floats, 4x fewer bytes to move, no float views written in the loader, and
-the normalisation's float copy is the one that makes them channels-first.
+the decoder's ``(T, H, W, C)`` memory layout); it delivers them in uint8, uncollated, and
+``revvideo.model.MultiViewClassifier`` normalises them (``TestViews.normalize``) into the
+model's batch: the same floats, 4x fewer bytes to move, no float views written in the
+loader, and the normalisation's float copy is the one that makes them channels-first.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
@@ -234,8 +234,8 @@ class ViewScores:
 class MultiViewEvaluator(DatasetEvaluator):
     """Detectron2 ``DatasetEvaluator`` for ``inference_on_dataset``: view scores per video.
 
-    ``process(inputs, outputs)`` takes a test batch (``video_index``, ``label``) and the
-    model's softmax scores ``(B, V, K)``; ``evaluate()`` merges all processes and returns
+    ``process(inputs, outputs)`` takes a test batch (the test loader's list of samples, or
+    a collated dict; ``video_index``, ``label``) and the model's softmax scores ``(B, V, K)``; ``evaluate()`` merges all processes and returns
     ``{"top1", "top5", "videos", "views_per_video", "skipped"}``. Videos the dataset skipped
     (unreadable, corrupt, too short) are those of ``expected_ids`` that never arrived; they
     are counted and named, and left out of the accuracy (as the official TestMeter would
@@ -253,8 +253,12 @@ class MultiViewEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self.scores = ViewScores(self.num_classes)
 
-    def process(self, inputs: Dict, outputs: torch.Tensor) -> None:
-        self.scores.add(inputs["video_index"].tolist(), outputs, inputs["label"].tolist())
+    def process(self, inputs: Union[Dict, List[Dict]], outputs: torch.Tensor) -> None:
+        if isinstance(inputs, dict):
+            ids, labels = inputs["video_index"].tolist(), inputs["label"].tolist()
+        else:
+            ids, labels = [s["video_index"] for s in inputs], [s["label"] for s in inputs]
+        self.scores.add(ids, outputs, labels)
 
     def evaluate(self) -> "OrderedDict[str, float]":
         parts = comm.gather((self.scores, self.expected_ids), dst=0)

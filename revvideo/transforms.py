@@ -63,10 +63,10 @@ def numpy_allocated(shape: Sequence[int], dtype: torch.dtype = torch.float32) ->
 
 def collate_clips(batch: List) -> Any:
     """torch's ``default_collate``, except that in the loader's own process (no workers)
-    tensors are stacked into numpy-allocated memory in their own memory layout (the test
-    views stay ``(T, H, W, C)`` in memory; see ``numpy_allocated``): collating the views of
-    4 test videos (48 MB) into fresh torch memory took ~20 ms at 340x256, mostly page
-    faults. Loader workers keep ``default_collate``, which stacks into shared memory."""
+    tensors are stacked into numpy-allocated memory in their own memory layout (see
+    ``numpy_allocated``): collating 4 test videos' views (48 MB) into fresh torch memory
+    took ~20 ms at 340x256, mostly page faults. Loader workers keep ``default_collate``,
+    which stacks into shared memory."""
     if torch.utils.data.get_worker_info() is not None:
         return default_collate(batch)
     return collate(batch, collate_fn_map={**default_collate_fn_map, torch.Tensor: _stack_in_numpy_memory})
@@ -164,12 +164,25 @@ class NormalizeClips:
 
     def __call__(self, clips: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         if out is None:
-            out = (numpy_allocated(clips.shape) if clips.device.type == "cpu"
-                   else torch.empty(clips.shape, dtype=torch.float32, device=clips.device))
+            out = _float_tensor(clips.shape, clips.device)
         out.copy_(clips)
         if self.max_value != 1.0:
             out.div_(self.max_value)
         return out.sub_(self.mean.to(out.device)).div_(self.std.to(out.device))
+
+    def stacked(self, clips: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Equal-shaped ``clips`` normalised into one float batch on ``device``: each is
+        written into its row as it is normalised, never stacked in its own dtype first."""
+        out = _float_tensor((len(clips), *clips[0].shape), device)
+        for row, clip in zip(out, clips):
+            self(clip.to(device, non_blocking=True), out=row)
+        return out
+
+
+def _float_tensor(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    if torch.device(device).type == "cpu":
+        return numpy_allocated(shape)
+    return torch.empty(tuple(shape), dtype=torch.float32, device=device)
 
 
 class KeepKeys:

@@ -140,9 +140,10 @@ def test_collated_clips_keep_their_values_and_memory_layout():
 @pytest.mark.parametrize("crops", [1, 3])
 def test_test_dataset_output_shapes(shapes_dir, crops):
     cfg = tiny_cfg(shapes_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "TEST.NUM_SPATIAL_CROPS": crops})
-    batch = next(iter(build_test_loader(cfg)))
-    assert batch["video"].shape == (2, 2 * crops, 3, 4, 20, 20)
-    assert batch["label"].shape == (2,)
+    batch = next(iter(build_test_loader(cfg)))  # a list of samples, as Detectron2's test loaders
+    assert [sample["video"].shape for sample in batch] == [(2 * crops, 3, 4, 20, 20)] * 2
+    assert [sample["video"].dtype for sample in batch] == [torch.uint8] * 2
+    assert all(isinstance(sample["label"], int) for sample in batch)
 
 
 # ------------------------------------------------------------------------ bad videos
@@ -187,8 +188,8 @@ def test_bad_videos_are_skipped_and_counted_in_evaluation(list_with_bad_videos):
     dataset = build_test_dataset(cfg)
     evaluator = MultiViewEvaluator(6, dataset.expected_ids(), dataset.video_paths, expected_views=2)
     for batch in build_test_loader(cfg, dataset):
-        scores = torch.nn.functional.one_hot(batch["label"], 6).float()[:, None].repeat(1, 2, 1)
-        evaluator.process(batch, scores)
+        labels = torch.tensor([sample["label"] for sample in batch])
+        evaluator.process(batch, torch.nn.functional.one_hot(labels, 6).float()[:, None].repeat(1, 2, 1))
     results = evaluator.evaluate()
     assert results["videos"] == 4 and results["skipped"] == 3 and results["top1"] == 100.0
     assert {dataset.video_paths[i] for i in evaluator.skipped_ids} == bad

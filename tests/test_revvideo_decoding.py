@@ -296,15 +296,18 @@ def test_three_crop_views_match_the_whole_video_path(videos, short_side):
         assert torch.equal(views.normalize(sample["video"]), views({"video": whole, "fps": fps})["video"])
 
 
-def test_the_evaluation_wrapper_gives_the_model_the_normalised_views(videos):
+@pytest.mark.parametrize("collate", [None, torch.utils.data.default_collate])
+def test_the_evaluation_wrapper_gives_the_model_the_normalised_views(videos, collate):
+    """The test loader's lists of samples, and the same batches collated."""
     data_dir, rows = videos
-    cfg = cfg_for(data_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "DATA_LOADER.NUM_WORKERS": 0})
+    cfg = cfg_for(data_dir, **{"TEST.NUM_ENSEMBLE_VIEWS": 2, "DATA_LOADER.NUM_WORKERS": 0,
+                               "TEST.BATCH_SIZE": 2})
     seen = []
     model = lambda x: seen.append(x) or torch.zeros(len(x), 6)  # noqa: E731
     views = multiview.TestViews.from_config(cfg)
     wrapper = MultiViewClassifier(model, torch.device("cpu"), views.normalize)
     for batch in build_test_loader(cfg):
-        wrapper(batch)
+        assert wrapper(collate(batch) if collate else batch).shape == (len(batch), 2, 6)
     want = [views({"video": SelectiveVideo.from_path(p).get_clip(0, 100)["video"], "fps": fps})["video"]
             for (p, _), (_, fps) in zip(rows, VIDEOS)]
     assert torch.equal(torch.cat(seen), torch.cat(want))

@@ -149,11 +149,15 @@ def test_view_by_view_and_merged_aggregation_agree():
         a.add([0], probs[0, :1], [2])
 
 
-def test_evaluator_on_known_scores():
+@pytest.mark.parametrize("batch", ["samples", "collated"])
+def test_evaluator_on_known_scores(batch):
     probs, labels = _known_scores()
     ev = MultiViewEvaluator(3, expected_ids=[0, 1, 2, 3], video_names=["a", "b", "c", "d"],
                             expected_views=2)
-    ev.process({"video_index": torch.tensor([0, 1, 2]), "label": labels}, probs)
+    if batch == "samples":  # the test loader's
+        ev.process([{"video_index": i, "label": int(label)} for i, label in enumerate(labels)], probs)
+    else:
+        ev.process({"video_index": torch.tensor([0, 1, 2]), "label": labels}, probs)
     res = ev.evaluate()
     assert res["top1"] == pytest.approx(200 / 3) and res["top5"] == 100.0
     assert res["videos"] == 3 and res["views_per_video"] == 2 and res["skipped"] == 1

@@ -252,6 +252,9 @@ def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
     if key in ("train_normalised", "test_normalised"):
         normalise = NormalizeClips(cfg.DATA.MEAN, cfg.DATA.STD)  # uint8 clips and views
         unnormalised = pipeline_items(key.split("_")[0], paths, train_batch)
+        if key == "test_normalised" and train_batch:  # lists of samples, as MultiViewClassifier
+            return (dict(video=normalise.stacked([s["video"] for s in batch], torch.device("cpu")),
+                         label=torch.tensor([s["label"] for s in batch])) for batch in unnormalised)
         return (dict(batch, video=normalise(batch["video"])) for batch in unnormalised)
     if key == "test":
         dataset = build_test_dataset(cfg, VideoList(rows, "benchmark", None))
@@ -283,7 +286,10 @@ def _with_references(keys: List[str]) -> set:
 
 
 def _clips_in(item) -> int:
-    """Clips (or videos) in an item: a collated batch (a tensor of labels), or one."""
+    """Clips (or videos) in an item: a collated batch (a tensor of labels), a list of
+    samples (the test loader's), or one."""
+    if isinstance(item, list):
+        return len(item)
     label = item.get("label") if isinstance(item, dict) else None
     return label.numel() if hasattr(label, "numel") else 1
 
