@@ -116,10 +116,11 @@ def test_clips_are_made_contiguous_once(monkeypatch):
     out = Contiguous()(clip)
     assert out.is_contiguous() and torch.equal(out, clip)
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # in a worker:
-    assert Contiguous()(clip) is clip  # default_collate makes the batch contiguous
+    assert Contiguous()(clip) is clip  # collation copies it anyway
 
 
-def test_collated_clips_keep_their_values_and_memory_layout():
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_collated_clips_keep_their_values_and_memory_layout(monkeypatch, in_worker):
     from torch.utils.data import default_collate
 
     from revvideo.transforms import collate_clips
@@ -127,11 +128,17 @@ def test_collated_clips_keep_their_values_and_memory_layout():
     views = [torch.randint(0, 256, (2, 4, 6, 5, 3), dtype=torch.uint8).permute(0, 4, 1, 2, 3)
              for _ in range(3)]  # (views, C, T, H, W) over (views, T, H, W, C) memory
     clips = [torch.rand(3, 4, 6, 5) for _ in range(3)]
-    for tensors in (views, clips):
+    cropped = [torch.randint(0, 256, (4, 9, 8, 3), dtype=torch.uint8).permute(3, 0, 1, 2)[:, :, 2:8, 1:6]
+               for _ in range(3)]  # a crop of channels-last frames: not dense
+    if in_worker:
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    for tensors in (views, clips, cropped):
         batch = [{"video": x, "label": i} for i, x in enumerate(tensors)]
         out, want = collate_clips(batch), default_collate(batch)
         assert torch.equal(out["video"], want["video"]) and torch.equal(out["label"], want["label"])
-        assert out["video"][0].stride() == tensors[0].stride()  # each stacked in its own layout
+        outermost_first = sorted(range(tensors[0].dim()), key=lambda d: -tensors[0].stride(d))
+        assert out["video"][0].permute(*outermost_first).is_contiguous()  # each in its own layout
+        assert out["video"].is_shared() == in_worker  # a worker sends it through shared memory
     ragged = [torch.zeros(3, 2), torch.zeros(3, 2).t()]  # (3, 2) and (2, 3): torch's own error
     with pytest.raises(RuntimeError):
         collate_clips(ragged)
@@ -223,4 +230,5 @@ def test_spawned_loader_workers(shapes_dir):
     assert torch.multiprocessing.get_sharing_strategy() == "file_system"
     batch = next(iter(loop))
     assert batch["video"].shape == (4, 3, 4, 20, 20)
+    assert batch["video"].permute(0, 2, 3, 4, 1).is_contiguous()  # collated as decoded, (T, H, W, C)
     torch.multiprocessing.set_sharing_strategy("file_descriptor")
