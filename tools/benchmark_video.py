@@ -18,9 +18,9 @@ training step does (``revvideo.transforms.NormalizeClips``), with ``DATA.DECODIN
 crop; uint8, and normalised as ``MultiViewClassifier`` does) against one full decode of the
 video. The train and test pipelines are the loaders users get (``build_train_loader``'s
 with ``TRAIN.BATCH_SIZE`` ``--loader-batch``, ``build_test_loader``'s with the config's
-``TEST.BATCH_SIZE``): collated batches, in the workers when there are any; throughput is
-counted in clips (or videos) and batches per second, without the first batch of each
-loader worker (its start-up; in one process, the first batch), so 0 and 2 workers are
+``TEST.BATCH_SIZE``): collated batches (the test loader's: lists of samples), in the
+workers when there are any; throughput is counted in clips (or videos) and batches per
+second, without the first batch of each loader worker (its start-up; in one process, the first batch), so 0 and 2 workers are
 timed from their steady state (``--loader-batch 0``: one clip or video per item, not
 collated, as this benchmark measured before). Every pipeline runs once per round on the same
 random clips (interleaved), and each ratio is the median over rounds of a ratio taken
@@ -228,7 +228,7 @@ def pipeline_items(key: str, paths: List[str], train_batch: int = 8):
     """An iterable of the items of pipeline ``key`` over ``paths``, in order: clips or
     videos, or for the train and test pipelines the batches of the loaders users get
     (``build_train_loader``'s with ``TRAIN.BATCH_SIZE`` ``train_batch``, ``build_test_loader``'s
-    with the config's ``TEST.BATCH_SIZE``; collated, in loader workers if any)."""
+    with the config's ``TEST.BATCH_SIZE``, lists of samples; in loader workers if any)."""
     import torch
 
     import revvideo  # noqa: F401  (first: pytorchvideo's torchvision import fix)
