@@ -20,11 +20,11 @@ video. The train and test pipelines are the loaders users get (``build_train_loa
 with ``TRAIN.BATCH_SIZE`` ``--loader-batch``, ``build_test_loader``'s with the config's
 ``TEST.BATCH_SIZE``): collated batches (the test loader's: lists of samples), in the
 workers when there are any; throughput is counted in clips (or videos) and batches per
-second, without the first batch of each loader worker (its start-up; in one process, the first batch), so 0 and 2 workers are
-timed from their steady state (``--loader-batch 0``: one clip or video per item, not
-collated, as this benchmark measured before). Every pipeline runs once per round on the same
-random clips (interleaved), and each ratio is the median over rounds of a ratio taken
-within a round. ``--pipelines`` runs some of them (with their references).
+second, without the first batch of each loader worker (its start-up; in one process, the
+first batch), so 0 and 2 workers are timed from their steady state (``--loader-batch 0``:
+one clip or video per item, not collated, as this benchmark measured before). Every
+pipeline runs once per round on the same random clips (interleaved; loader workers draw
+their own), and each ratio is the median over rounds of a ratio taken within a round. ``--pipelines`` runs some of them (with their references).
 
 ``memory`` runs each model in a fresh process (this script with the hidden ``--worker``
 flag): build, one warm-up training step, then the measured step (forward, cross-entropy,
