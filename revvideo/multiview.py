@@ -235,7 +235,8 @@ class MultiViewEvaluator(DatasetEvaluator):
     """Detectron2 ``DatasetEvaluator`` for ``inference_on_dataset``: view scores per video.
 
     ``process(inputs, outputs)`` takes a test batch (the test loader's list of samples, or
-    a collated dict; ``video_index``, ``label``) and the model's softmax scores ``(B, V, K)``; ``evaluate()`` merges all processes and returns
+    a collated dict; ``video_index``, ``label``) and the model's softmax scores
+    ``(B, V, K)``; ``evaluate()`` merges all processes and returns
     ``{"top1", "top5", "videos", "views_per_video", "skipped"}``. Videos the dataset skipped
     (unreadable, corrupt, too short) are those of ``expected_ids`` that never arrived; they
     are counted and named, and left out of the accuracy (as the official TestMeter would
