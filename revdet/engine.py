@@ -40,6 +40,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 
+from revvision.process_memory import reset_peak_rss, status_mb
+
 from .checkpoint import RevDetCheckpointer
 from .config import check_solver, training_device
 from .data import RevDetDatasetMapper, check_datasets, guard_dataset
@@ -48,21 +50,6 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ memory
-def _reset_peak_rss() -> None:
-    """Reset the process's resident high-water mark to its current RSS (Linux)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_rss_mb() -> Optional[float]:
-    """The process's resident high-water mark (``VmHWM``) in MiB; None off Linux."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
 class PeakMemory(HookBase):
     """Puts ``peak_mem_mb`` into the event storage after every iteration.
 
@@ -77,10 +64,10 @@ class PeakMemory(HookBase):
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            _reset_peak_rss()
+            reset_peak_rss()
 
     def after_step(self):
-        value = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _peak_rss_mb()
+        value = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else status_mb("VmHWM")
         if value is not None:
             self.trainer.storage.put_scalar("peak_mem_mb", value, smoothing_hint=False)
 

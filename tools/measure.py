@@ -33,6 +33,8 @@ from torch.utils._pytree import tree_leaves  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
+from revvision.process_memory import reset_peak_rss, status_mb  # noqa: E402
+
 
 class SavedTensorMeter:
     """Sum of the distinct storages saved for backward (``total_bytes``) while active.
@@ -132,29 +134,6 @@ class LiveTensorPeak(TorchDispatchMode):
 MMAP_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
 
-def proc_status_mb(field: str) -> Optional[float]:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux). ``ru_maxrss`` cannot be reset and is
-    inherited across ``exec``, so it is no use for one step's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def release_heap() -> None:
     """Hand memory freed earlier back to the OS, so the RSS before a measured step holds
     only live data and the step cannot hide its peak in retained free pages."""
@@ -169,9 +148,9 @@ def step_peak_mb(step: Callable[[], object]) -> Optional[float]:
     release_heap()
     if not reset_peak_rss():
         return None
-    before = proc_status_mb("VmRSS")
+    before = status_mb("VmRSS")
     step()
-    hwm = proc_status_mb("VmHWM")
+    hwm = status_mb("VmHWM")
     return None if before is None or hwm is None else hwm - before
 
 
