@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from measure import SavedTensorMeter, accumulated_step, gradient_summing, run_fresh, step_peak_mb
+from measure import (SavedTensorMeter, accumulated_step, gradient_summing, run_fresh, step_peak_mb,
+                     time_rounds)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -65,6 +66,13 @@ def test_gradient_summing_counts_the_accumulation_nodes():
     accum = gradient_summing(lambda: accumulated_step(model, optimizer, range(8), 4, forward))
     assert (direct["calls"], accum["calls"]) == (4, 16)
     assert accum["seconds"] > direct["seconds"] > 0
+
+
+def test_timed_settings_rotate_their_order_every_round():
+    ran = []
+    times = time_rounds(ran.append, ("a", "b", "c"), rounds=4, per=2)
+    assert ran == list("abc" "bca" "cab" "abc")
+    assert {n: len(t) for n, t in times.items()} == {"a": 4, "b": 4, "c": 4}
 
 
 def test_fresh_worker_returns_its_last_json_line_or_its_error(tmp_path):

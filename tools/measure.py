@@ -196,10 +196,12 @@ def run_fresh(script: str, flags: Sequence[object], env: Optional[Dict[str, str]
 def time_rounds(step: Callable[[Any], object], settings: Sequence[Any], rounds: int,
                 per: int = 1) -> Dict[Any, List[float]]:
     """Seconds of ``step(n)`` divided by ``per``, for every ``n`` in ``settings`` back to back
-    in each of ``rounds`` rounds: ``{n: [one per round]}``, pairs for ``paired_ratios``."""
+    in each of ``rounds`` rounds: ``{n: [one per round]}``, pairs for ``paired_ratios``. The
+    order rotates every round, so no setting always runs right after the same other one."""
     times: Dict[Any, List[float]] = {n: [] for n in settings}
-    for _ in range(rounds):
-        for n in times:
+    for r in range(rounds):
+        shift = r % len(settings)
+        for n in list(settings[shift:]) + list(settings[:shift]):
             start = time.perf_counter()
             step(n)
             times[n].append((time.perf_counter() - start) / per)
