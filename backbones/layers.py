@@ -89,7 +89,9 @@ def _pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return pool(x)
     bias = None if pool.bias is None else pool.bias.float()
     with torch.autocast("cpu", enabled=False):
-        return pool._conv_forward(x.float(), pool.weight.float(), bias).to(x.dtype)
+        out = F.conv3d(x.float(), pool.weight.float(), bias, pool.stride, pool.padding,
+                       pool.dilation, pool.groups)
+    return out.to(x.dtype)
 
 
 def pool_tokens(x: torch.Tensor, pool: Optional[nn.Module], norm: Optional[nn.Module],
