@@ -75,6 +75,25 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+def _pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)``, except that a bf16 ``x`` on the CPU is pooled in fp32 and cast back.
+
+    The tokens reach the pooling conv in channels-last memory, and for that layout oneDNN's
+    bf16 kernel of the conv's weight gradient (``jit_bf16:avx512_core_bf16`` backward
+    weights, CPUs with AVX512-BF16, torch 2.14) reads memory it never wrote: with small
+    heads or grids some gradients of the pooling weights came out NaN, or different from
+    run to run, depending on what the allocator handed out. Its fp32 kernel is sound, and
+    the depthwise pooling is a small part of a step.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not isinstance(pool, nn.Conv3d):
+        return pool(x)
+    bias = None if pool.bias is None else pool.bias.float()
+    with torch.autocast("cpu", enabled=False):
+        out = F.conv3d(x.float(), pool.weight.float(), bias, pool.stride, pool.padding,
+                       pool.dilation, pool.groups)
+    return out.to(x.dtype)
+
+
 def pool_tokens(x: torch.Tensor, pool: Optional[nn.Module], norm: Optional[nn.Module],
                 thw: THW) -> Tuple[torch.Tensor, THW]:
     """Pool per-head tokens ``(B, heads, N, hd)`` over their grid with a depthwise conv."""
@@ -82,7 +101,7 @@ def pool_tokens(x: torch.Tensor, pool: Optional[nn.Module], norm: Optional[nn.Mo
         return x, thw
     b, heads, n, hd = x.shape
     x = x.reshape(b * heads, *thw, hd).permute(0, 4, 1, 2, 3)
-    x = pool(x)
+    x = _pool(pool, x)
     thw = tuple(x.shape[2:])
     x = x.reshape(b, heads, hd, -1).transpose(2, 3)
     if norm is not None:
