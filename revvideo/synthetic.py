@@ -16,9 +16,12 @@ Layout (both Kinetics layouts at once)::
     <root>/<name>/{train,val}/<class>/<id>.mp4
     <root>/<name>/classes.txt, spec.json
 
-``ensure_dataset`` generates it once: deterministically from the spec (numpy's PCG64 with
-the seed), into a temporary folder that is renamed into place, under a file lock so that
-concurrent processes do not generate it twice. ``<name>`` encodes the spec, so changing a
+``ensure_dataset`` generates it once: the frames deterministically from the spec (numpy's
+PCG64 with the seed), into a temporary folder that is renamed into place, under a file lock
+so that concurrent processes do not generate it twice. The encoded files are not quite
+deterministic: in 5 of 12 processes encoding the same clips, libx264 (through PyAV) wrote at
+least one file differently, with slightly different decoded pixels; runs on a cached dataset
+see the same files. ``<name>`` encodes the spec, so changing a
 setting makes a new dataset instead of reusing a stale one.
 """
 
@@ -115,7 +118,7 @@ def write_mp4(path: Union[str, Path], frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
-        stream.thread_count = 1  # byte-identical output on every machine
+        stream.thread_count = 1  # tiny videos; the output is not byte-exact either way (module doc)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
