@@ -131,6 +131,9 @@ def test_benchmark_video_loading_tiny(tmp_path):
     # of TEST.BATCH_SIZE videos, the first batch of each worker not timed
     assert rows["train_2_workers"]["batch"] == 2 and rows["test"]["batch"] == 4 and rows["floor"]["batch"] == 1
     assert all(n % 2 == 0 for n in rows["train"]["rounds_items"])
+    # clips and videos are counted, not a clip's frames: 3 clips or videos, 1 batch of 4 videos
+    assert rows["floor"]["rounds_items"] == rows["full_decode"]["rounds_items"] == [3, 3]
+    assert rows["test"]["rounds_items"] == [4, 4]
 
 
 @pytest.mark.slow

@@ -291,7 +291,7 @@ def _with_references(keys: List[str]) -> set:
 def _clips_in(item) -> int:
     """Clips (or videos) in an item: a collated batch (a tensor of labels), a list of
     samples (the test loader's), or one."""
-    if isinstance(item, list):
+    if isinstance(item, list) and item and isinstance(item[0], dict):
         return len(item)
     label = item.get("label") if isinstance(item, dict) else None
     return label.numel() if hasattr(label, "numel") else 1
