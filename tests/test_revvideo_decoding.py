@@ -141,7 +141,6 @@ def test_whole_videos_skip_unkept_non_reference_frames_and_give_the_same_frames(
         assert 0 < video.frames_skipped < frames - len(torch.unique(index))  # x264's B-frames
 
 
-
 def test_whole_videos_are_decoded_only_up_to_the_last_kept_frame(videos, monkeypatch):
     path, (frames, _) = videos[1][0][0], VIDEOS[0]
     every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
