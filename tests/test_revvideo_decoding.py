@@ -141,20 +141,6 @@ def test_whole_videos_skip_unkept_non_reference_frames_and_give_the_same_frames(
         assert 0 < video.frames_skipped < frames - len(torch.unique(index))  # x264's B-frames
 
 
-def test_whole_videos_are_decoded_only_up_to_the_last_kept_frame(videos, monkeypatch):
-    path, (frames, _) = videos[1][0][0], VIDEOS[0]
-    every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
-    converted = []
-    to_rgb = SelectiveVideo._to_rgb
-    monkeypatch.setattr(SelectiveVideo, "_to_rgb", lambda self, f: converted.append(f) or to_rgb(self, f))
-    index = torch.tensor([2, 0, 11])
-    video = SelectiveVideo.from_path(path, lambda n, _: index)
-    assert torch.equal(video.get_clip(0, video.duration + 1)["video"], every.index_select(1, index))
-    assert len(converted) == 3
-    # past frame 11, only the few frames the decoder holds back to reorder B-frames were decoded
-    assert video.frames_skipped > frames - 12 - 8
-
-
 def test_decoding_threads_do_not_change_the_frames(videos):
     path = videos[1][0][0]
     one = SelectiveVideo.from_path(path, UniformFrames(6), threads=1).get_clip(Fraction(1, 2), 2)
@@ -184,6 +170,18 @@ def rgb_conversions(monkeypatch):
     monkeypatch.setattr(EncodedVideoPyAV, "_pyav_decode_video", forbidden)
     monkeypatch.setattr(EncodedVideoPyAV, "get_clip", forbidden)
     return counter
+
+
+def test_whole_videos_are_decoded_only_up_to_the_last_kept_frame(videos, rgb_conversions):
+    path, (frames, _) = videos[1][0][0], VIDEOS[0]
+    every = SelectiveVideo.from_path(path).get_clip(0, 100)["video"]
+    converted_before = rgb_conversions["frames"]
+    index = torch.tensor([2, 0, 11])
+    video = SelectiveVideo.from_path(path, lambda n, _: index)
+    assert torch.equal(video.get_clip(0, video.duration + 1)["video"], every.index_select(1, index))
+    assert rgb_conversions["frames"] - converted_before == 3
+    # past frame 11, only the few frames the decoder holds back to reorder B-frames were decoded
+    assert video.frames_skipped > frames - 12 - 8
 
 
 def test_a_training_clip_converts_only_its_kept_frames(videos, rgb_conversions):
