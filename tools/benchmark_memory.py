@@ -53,7 +53,8 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, checkpoint_layers, fmt,  # noqa: E402
-                     markdown_table, paired_ratios, run_fresh, saved_tensor_meter, step_peak_mb)
+                     markdown_table, paired_ratios, rotated, run_fresh, saved_tensor_meter,
+                     step_peak_mb, time_rounds)
 
 MB = 1e6
 BASELINE = "vit_b"
@@ -150,11 +151,7 @@ def run_interleaved_worker(depth: int, batch_size: int, img_size: int, sweeps: i
     steps = {v: _training_step(v, depth, batch_size, img_size)[0] for v in VARIANTS}
     for step in steps.values():
         step()  # warm-up
-    order, times = list(VARIANTS), {v: [] for v in VARIANTS}
-    for i in range(sweeps):
-        k = i % len(order)
-        for v in order[k:] + order[:k]:
-            times[v].append(_timed(steps[v]))
+    times = time_rounds(lambda v: steps[v](), list(VARIANTS), sweeps)
     return {"depth": depth, "step_times_s": times}
 
 
@@ -347,7 +344,7 @@ def main(argv=None) -> int:
     total, done, start = len(runs) * args.rounds, 0, time.time()
     for depth in depths:
         for rnd in range(args.rounds):
-            for variant in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+            for variant in rotated(variants, rnd):
                 t0 = time.time()
                 # memory once (first round); later rounds only time
                 r = (run_config(variant, depth, args) if rnd == 0 else

@@ -66,7 +66,8 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from measure import (MMAP_MALLOC_ENV, LiveTensorPeak, accumulated_step,  # noqa: E402
-                     accumulation_times, markdown_table, run_fresh, saved_tensor_meter, step_peak_mb)
+                     accumulation_times, markdown_table, rotated, run_fresh, saved_tensor_meter,
+                     step_peak_mb)
 
 MB = 1e6
 MEMORY_VARIANTS = {  # key -> (label, zoo name, reversible backprop, recompute transitions)
@@ -329,7 +330,7 @@ def run_loading(args) -> List[dict]:
     keys = [k for k in PIPELINES if k in _with_references(args.pipelines)]
     for r in range(args.rounds):
         for size, paths in videos.items():
-            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            for key in rotated(keys, r):
                 label, unit, _, share = PIPELINES[key]
                 count = args.test_videos if unit == "videos/s" else args.clips
                 batch, warmup = loader_batch(key, args.loader_batch), warmup_items(key)

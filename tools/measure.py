@@ -193,6 +193,12 @@ def run_fresh(script: str, flags: Sequence[object], env: Optional[Dict[str, str]
     return json.loads(lines[-1])
 
 
+def rotated(items: Sequence[Any], r: int) -> List[Any]:
+    """``items`` in the order of round ``r``: started ``r`` places later, wrapping around."""
+    shift = r % len(items)
+    return list(items[shift:]) + list(items[:shift])
+
+
 def time_rounds(step: Callable[[Any], object], settings: Sequence[Any], rounds: int,
                 per: int = 1) -> Dict[Any, List[float]]:
     """Seconds of ``step(n)`` divided by ``per``, for every ``n`` in ``settings`` back to back
@@ -200,8 +206,7 @@ def time_rounds(step: Callable[[Any], object], settings: Sequence[Any], rounds: 
     order rotates every round, so no setting always runs right after the same other one."""
     times: Dict[Any, List[float]] = {n: [] for n in settings}
     for r in range(rounds):
-        shift = r % len(settings)
-        for n in list(settings[shift:]) + list(settings[:shift]):
+        for n in rotated(settings, r):
             start = time.perf_counter()
             step(n)
             times[n].append((time.perf_counter() - start) / per)
